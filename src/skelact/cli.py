@@ -62,7 +62,7 @@ def cmd_import(args) -> None:
                                           class_names=args.class_names, **common)
     else:
         summary = importers.import_pyskl(args.source, trust_pickle=args.trust_pickle,
-                                         layout=args.layout, **common)
+                                         layout=args.layout, class_names=args.class_names, **common)
     _print_prepare_summary(summary)
 
 
@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_models)
 
     sp = sub.add_parser("train", help="train a recogniser (no arguments: the built-in default job)")
-    sp.add_argument("--config", default=None, help="YAML config (default: the built-in synthetic job)")
+    sp.add_argument("--config", action="append", default=None,
+                    help="YAML config (repeatable: later files override earlier ones; "
+                         "default: the built-in synthetic job)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set data.stream=b")
     sp.add_argument("--epochs", type=int, default=None)

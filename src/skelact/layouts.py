@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import SkelactError
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -161,4 +163,4 @@ def get_layout(name: str | Layout) -> Layout:
     try:
         return LAYOUTS[name]
     except KeyError:
-        raise ValueError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}") from None
+        raise SkelactError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}") from None

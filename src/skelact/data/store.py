@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,9 @@ class StoreWriter:
 
         ``extra`` adds string metadata columns (missing values are ""); split rules may use them.
         """
+        for key in extra.keys() - self._extra.keys():
+            if key in self._cols or key == "offset":
+                raise ValueError(f"metadata column {key!r} is reserved")
         if name in self._names:
             raise BadSample(f"duplicate sample name {name!r}")
         if not 0 <= int(label) < len(self.meta["class_names"]):
@@ -145,8 +149,6 @@ class StoreWriter:
                            ("replication", replication), ("split", split)):
             self._cols[key].append(value)
         for key in extra.keys() - self._extra.keys():
-            if key in self._cols or key in ("offset",):
-                raise ValueError(f"metadata column {key!r} is reserved")
             self._extra[key] = [""] * (len(self) - 1)
         for key, column in self._extra.items():
             column.append(str(extra.get(key, "")))
@@ -217,9 +219,9 @@ class SkeletonStore:
                      self.meta["channels"])
             self.frames = np.memmap(self.path / "frames.bin", dtype=self.meta["dtype"], mode="r",
                                     shape=shape)
-        except (OSError, ValueError, KeyError) as e:
+            self.layout = get_layout(self.meta["layout"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as e:
             raise SkelactError(f"{self.path}: corrupt dataset store ({e})") from None
-        self.layout = get_layout(self.meta["layout"])
 
     def __len__(self) -> int:
         return int(self.meta["num_samples"])

@@ -1,0 +1,67 @@
+"""``skelact evaluate``: run a trained model on a split and write the evaluation report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import SkelactError
+from . import distributed as ddp
+from .checkpoint import build_model, load_checkpoint
+
+
+def run_dir_of(target: Path) -> Path:
+    """The run directory a checkpoint belongs to (its parent's parent), or the target itself."""
+    if target.is_dir():
+        return target
+    return target.parent.parent if target.parent.name == "checkpoints" else target.parent
+
+
+def evaluate(ckpt: dict, data: str | None = None, split: str | None = None, device: str = "cpu",
+             batch_size: int = 64):
+    """Scores of a checkpoint's model on the test part of ``split``: (logits, labels, names, store)."""
+    from ..data.dataset import SkeletonDataset
+    from ..data.store import SkeletonStore
+    from torch.utils.data import DataLoader
+    from .train import ShardSampler, predict
+    info = ckpt["data"]
+    store = SkeletonStore(data or info["path"])
+    if store.layout.name != info["layout"]:
+        raise SkelactError(f"{store.path}: layout {store.layout.name} does not match the model's "
+                           f"{info['layout']}")
+    if store.class_names != info["class_names"]:
+        raise SkelactError(f"{store.path}: class list differs from the one the model was trained on")
+    split = split or info["split"]
+    ds = SkeletonDataset(store, indices=store.split(split, "test"), protocol=info["protocol"],
+                         window=info["window"], stream=info["stream"], train=False,
+                         num_persons=info["num_persons"])
+    model = build_model(ckpt).to(device)
+    d = ddp.Dist()
+    loader = DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), d))
+    logits, ids = predict(model, loader, torch.device(device), d)
+    ids = ids.numpy()
+    return logits.numpy(), store.labels[ids], store.names[ids], store, split
+
+
+def evaluate_command(args) -> None:
+    from ..report import build_report, write_report
+    from .train import save_scores
+    target = Path(args.target)
+    ckpt = load_checkpoint(target)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    logits, labels, names, store, split = evaluate(ckpt, args.data, args.split, device)
+    run = run_dir_of(target)
+    same = (args.data is None or Path(args.data).resolve() == Path(ckpt["data"]["path"]).resolve()) \
+        and split == ckpt["data"]["split"]
+    out = run if same else run / f"eval-{store.path.name}-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    report = build_report(logits, labels, store.class_names, names=names)
+    write_report(out, report)
+    if not same:
+        save_scores(out / "scores.npz", names, labels, logits, store.class_names)
+    print(f"{ckpt['path']} on {store.path} split {split} (test, {labels.size} clips): "
+          f"top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%")
+    print(f"report: {out / 'report.md'}")
+    print(json.dumps({"top1": report["top1"], "top5": report["top5"]}))

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+
+from skelact.cli import main
+from skelact.compare import compare
+from skelact.errors import SkelactError
+from skelact.report import save_scores
+
+CLASSES = np.array(["reading", "writing", "clapping", "waving"])
+
+
+def one_hot_run(preds, labels, run):
+    """A run whose prediction for sample i is preds[i]."""
+    n = len(labels)
+    return {"names": np.array([f"S{i:03d}" for i in range(n)]), "labels": np.asarray(labels),
+            "scores": np.eye(4, dtype=np.float32)[preds] * 5.0, "class_names": CLASSES, "run": run}
+
+
+def constructed():
+    """20 samples per class; A predicts 'reading' as 'writing' 6 times and 'clapping' as 'waving' 2 times;
+    B fixes 5 of the reading->writing errors, keeps the others, and breaks one waving sample into clapping."""
+    labels = np.repeat(np.arange(4), 20)
+    pa = labels.copy()
+    pa[0:6] = 1
+    pa[40:42] = 3
+    pb = labels.copy()
+    pb[0:1] = 1
+    pb[40:42] = 3
+    pb[60] = 2
+    return one_hot_run(pa, labels, "runs/ctrgcn"), one_hot_run(pb, labels, "runs/frhead")
+
+
+def test_compare_known_pair_improves():
+    a, b = constructed()
+    r = compare(a, b, top=5)
+    assert r["top1_a"] == pytest.approx(100 * 72 / 80) and r["top1_b"] == pytest.approx(100 * 76 / 80)
+    assert r["top1_diff"] == pytest.approx(5.0) and r["fixed"] == 5 and r["broken"] == 1
+    first = r["pairs"][0]
+    assert (first["true"], first["predicted"]) == ("reading", "writing")
+    assert (first["count_a"], first["count_b"], first["change"], first["status"]) == (6, 1, -5, "improved")
+    second = r["pairs"][1]
+    assert (second["true"], second["count_a"], second["count_b"], second["status"]) == \
+        ("clapping", 2, 2, "unchanged")
+    new = [(p["true"], p["predicted"], p["status"]) for p in r["new_pairs"]]
+    assert new == [("waving", "clapping", "worsened")]
+    diffs = [c["diff"] for c in r["per_class"]]
+    assert diffs == sorted(diffs, reverse=True)
+    assert r["per_class"][0]["name"] == "reading" and r["per_class"][0]["diff"] == pytest.approx(25.0)
+    assert r["per_class"][-1]["name"] == "waving" and r["per_class"][-1]["diff"] == pytest.approx(-5.0)
+
+
+def test_compare_aligns_by_id_and_refuses_mismatch():
+    a, b = constructed()
+    p = np.random.default_rng(0).permutation(80)
+    shuffled = {**b, "names": b["names"][p], "labels": b["labels"][p], "scores": b["scores"][p]}
+    assert compare(a, shuffled) == compare(a, b)
+    short = {**b, "names": b["names"][:-1], "labels": b["labels"][:-1], "scores": b["scores"][:-1]}
+    with pytest.raises(SkelactError, match="runs/frhead lacks 1 sample"):
+        compare(a, short)
+
+
+def test_compare_cli_prints_and_writes(tmp_path, capsys):
+    a, b = constructed()
+    for run, d in (("ctrgcn", a), ("frhead", b)):
+        (tmp_path / run).mkdir()
+        save_scores(tmp_path / run / "scores.npz", d["names"], d["labels"], d["scores"], d["class_names"])
+        (tmp_path / run / "summary.json").write_text(json.dumps({"top1": 0, "top5": 0}))
+    assert main(["compare", str(tmp_path / "ctrgcn"), str(tmp_path / "frhead"), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1: 90.00 -> 95.00 (+5.00)" in out
+    assert "| reading | writing | 6 | 1 | -5 | improved |" in out
+    written = tmp_path / "frhead" / "compare_ctrgcn.md"
+    assert written.is_file() and "improved" in written.read_text()
+    assert main(["compare", str(tmp_path / "ctrgcn"), str(tmp_path / "nope")]) == 2
+    assert "no such run" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""End-to-end tests of the main job: training, run directory, resume after SIGKILL, DDP, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from skelact.cli import main as cli
+from skelact.engine.checkpoint import load_checkpoint
+from skelact.engine.train import carve_validation, lr_at
+from skelact.engine.config import load_config
+
+# A small, fast recipe: quarter-width ST-GCN on short windows of the synthetic data.
+TINY = ["model.name=stgcn", "model.options={width: 0.25}", "data.window=24", "optim.batch_size=16",
+        "optim.warmup_epochs=1", "optim.milestones=[]", "optim.lr=0.05", "threads=2"]
+
+
+def run_cli(args):
+    return subprocess.run([sys.executable, "-m", "skelact", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def sets(store, extra=()):
+    out = []
+    for s in [f"data.path={store}", *TINY, *extra]:
+        out += ["--set", s]
+    return out
+
+
+def test_tiny_training_run_beats_chance(synthetic_store, tmp_path):
+    run = tmp_path / "run"
+    assert cli(["train", *sets(synthetic_store, ["data.val_fraction=0.2"]), "--epochs", "6",
+                "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    num_classes = len(json.loads((synthetic_store / "meta.json").read_text())["class_names"])
+    assert summary["top1"] > 3 * 100.0 / num_classes  # well above chance
+    assert summary["selected"] == "final epoch 6"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 7)) and all("val_top1" in r for r in rows)
+    scores = np.load(run / "scores.npz")
+    assert scores["scores"].shape == (summary["num_samples"], num_classes)
+    assert len(set(scores["names"])) == summary["num_samples"]
+    for name in ("config.yaml", "env.json", "report.json", "report.md", "val_scores.npz",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True inside
+    assert ckpt["data"]["class_names"] and ckpt["data"]["stream"] == "j"
+    # evaluate from the checkpoint alone reproduces the run's test scores
+    assert cli(["evaluate", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["top1"] == pytest.approx(summary["top1"])
+
+
+def test_heads_are_not_part_of_the_inference_model(synthetic_store, tmp_path):
+    run = tmp_path / "run"
+    assert cli(["train", *sets(synthetic_store, ["model.name=ctrgcn", "model.options={}",
+                                                 "data.window=16"]),
+                "--epochs", "1", "--out", str(run)]) == 0
+    ckpt = load_checkpoint(run)
+    assert ckpt["heads"], "FR-Head state (prototypes) must be saved in the training checkpoint"
+    from skelact.engine.checkpoint import build_model
+    from skelact.models.registry import create_model
+    model = build_model(ckpt)
+    spec = ckpt["model_spec"]
+    bare = create_model(spec["name"], layout=spec["layout"], num_classes=spec["num_classes"],
+                        in_channels=spec["in_channels"], num_persons=spec["num_persons"])
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in bare.parameters())
+
+
+def test_resume_after_sigkill_matches_uninterrupted(synthetic_store, tmp_path):
+    args = [*sets(synthetic_store, ["heads=[{name: frhead}]", "model.name=ctrgcn",
+                                     "model.options={}", "data.window=12"]), "--epochs", "3"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run_cli(["train", *args, "--out", str(full)]).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "skelact", "train", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill once epoch 1 is checkpointed
+        last = killed / "checkpoints" / "last.pt"
+        if last.is_file():
+            time.sleep(0.5)  # into epoch 2
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    res = run_cli(["train", "--resume", str(killed)])
+    assert res.returncode == 0, res.stderr
+    a = json.loads((full / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
+    assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])
+    np.testing.assert_allclose(np.load(full / "scores.npz")["scores"],
+                               np.load(killed / "scores.npz")["scores"], rtol=0, atol=1e-5)
+    la = [json.loads(x)["loss"] for x in (full / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(la, lb, rtol=1e-6)
+
+
+def test_ddp_two_processes_match_one(synthetic_store, tmp_path):
+    args = [*sets(synthetic_store, ["model.options={width: 0.25, dropout: 0.0}",
+                                     "heads=[{name: frhead}]", "threads=1"]), "--epochs", "2"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert run_cli(["train", *args, "--out", str(single)]).returncode == 0
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(29500 + os.getpid() % 1000), "-m", "skelact",
+                          "train", *args, "--out", str(double)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    s1, s2 = (np.load(r / "scores.npz") for r in (single, double))
+    # every test sample evaluated exactly once, in the same order
+    assert list(s1["names"]) == list(s2["names"]) and len(set(s2["names"])) == len(s2["names"])
+    l1 = [json.loads(x)["loss"] for x in (single / "metrics.jsonl").read_text().splitlines()]
+    l2 = [json.loads(x)["loss"] for x in (double / "metrics.jsonl").read_text().splitlines()]
+    # same samples per global batch; only per-rank BatchNorm statistics and head mining differ
+    np.testing.assert_allclose(l1, l2, rtol=0.1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "optim.lrr=0.1"], "unknown key 'optim.lrr'"),
+    (["--set", "optim.lr=fast"], "optim.lr must be float"),
+    (["--set", "data.stream=xyz"], "data.stream must be one of"),
+    (["--set", "data.path=/nonexistent/dataset", "--set", "data.generate="], "dataset not found"),
+    (["--config", "/nonexistent.yaml"], "cannot read config"),
+    (["--set", "model.name=nosuchnet"], "nosuchnet"),
+])
+def test_bad_input_is_one_line_error(synthetic_store, tmp_path, args, message):
+    run = tmp_path / "run"
+    res = run_cli(["train", "--set", f"data.path={synthetic_store}", *args, "--out", str(run)])
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (run / "summary.json").exists()
+
+
+def test_corrupt_checkpoint_and_layout_mismatch(synthetic_store, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    res = run_cli(["evaluate", str(bad)])
+    assert res.returncode == 2 and "corrupt or unreadable checkpoint" in res.stderr
+    res = run_cli(["train", "--resume", str(tmp_path)])
+    assert res.returncode == 2 and "not a run directory" in res.stderr
+
+
+def test_lr_schedule_and_validation_carving():
+    cfg = load_config(None, ["optim.lr=0.1", "optim.warmup_epochs=5", "optim.milestones=[35,55]"])
+    assert [round(lr_at(cfg, e), 6) for e in (0, 4, 5, 34, 35, 55)] == \
+        [0.02, 0.1, 0.1, 0.1, 0.01, 0.001]
+    labels = np.repeat(np.arange(5), [10, 20, 1, 2, 30])
+    val = carve_validation(labels, 0.2, seed=0)
+    assert [int(val[labels == k].sum()) for k in range(5)] == [2, 4, 0, 1, 6]
+    assert np.array_equal(val, carve_validation(labels, 0.2, seed=0))
