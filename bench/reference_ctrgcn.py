@@ -181,27 +181,22 @@ def load_into_fast(ref: ReferenceCTRGCN, fast) -> None:
         # conv1 / conv2 of every subset -> one linear on the temporal mean, rows ordered (k, [1|2], rel)
         f.w12.copy_(torch.cat([torch.cat([c.conv1.weight, c.conv2.weight]) for c in cs]).flatten(1))
         f.b12.copy_(torch.cat([torch.cat([c.conv1.bias, c.conv2.bias]) for c in cs]))
-        f.w3.copy_(torch.cat([c.conv3.weight for c in cs]).flatten(1))
-        f.b3.copy_(torch.cat([c.conv3.bias for c in cs]))
+        f.w3.copy_(torch.stack([c.conv3.weight.flatten(1) for c in cs]))
+        f.b3.copy_(torch.stack([c.conv3.bias for c in cs]))
         f.w4.copy_(torch.stack([c.conv4.weight.flatten(1) for c in cs]))
         f.b4.copy_(torch.stack([c.conv4.bias for c in cs]))
         f.bn.load_state_dict(g.bn.state_dict())
         if isinstance(g.down, nn.Sequential):
             f.down[0].load_state_dict(g.down[0].state_dict())
             f.down[1].load_state_dict(g.down[1].state_dict())
-        t, tf = lr.tcn1, lf.tcn
-        br = t.branches
-        stride = tf.stride
-        first = [b[0] for b in br[:3]] + ([br[3][0]] if stride == 1 else [])
-        tf.pw.weight.copy_(torch.cat([c.weight for c in first]))
-        tf.pw.bias.copy_(torch.cat([c.bias for c in first]))
-        _cat_bn(tf.pw_bn, [b[1] for b in br[:3]] + ([br[3][1]] if stride == 1 else []))
-        if stride != 1:
-            tf.skip.load_state_dict(br[3][0].state_dict())
-            tf.skip_bn.load_state_dict(br[3][1].state_dict())
+        br, tf = lr.tcn1.branches, lf.tcn
+        tf.pw.weight.copy_(torch.cat([b[0].weight for b in br[:3]]))
+        tf.pw.bias.copy_(torch.cat([b[0].bias for b in br[:3]]))
+        _cat_bn(tf.pw_bn, [b[1] for b in br[:3]])
+        tf.pw4.load_state_dict(br[3][0].state_dict())
         for j in range(2):
             tf.dconv[j].load_state_dict(br[j][3].conv.state_dict())
-        _cat_bn(tf.out_bn, [br[0][3].bn, br[1][3].bn, br[2][4]])
+        _cat_bn(tf.out_bn, [br[0][3].bn, br[1][3].bn, br[2][4], br[3][1]])
         if lr.residual is not None and isinstance(lr.residual, UnitTCN):
             lf.residual[0].load_state_dict(lr.residual.conv.state_dict())
             lf.residual[1].load_state_dict(lr.residual.bn.state_dict())

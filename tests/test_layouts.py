@@ -85,5 +85,6 @@ def test_bad_layouts_rejected(kw, match):
 
 
 def test_unknown_layout_name():
-    with pytest.raises(ValueError, match="unknown layout"):
+    from skelact.errors import SkelactError
+    with pytest.raises(SkelactError, match="unknown layout"):
         get_layout("nope")

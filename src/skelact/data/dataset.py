@@ -66,10 +66,9 @@ class SkeletonDataset(Dataset):
                                f"but the store has {self._store.meta.get('num_joints')} joints and "
                                f"layout {self.layout.name} has {self.layout.num_joints}")
         self.augment = resolve_augment(self.protocol, augment) if train else {}
-        needs_xyz = self.protocol.name == "ucla" or "rotate" in self.augment
-        if needs_xyz and self.layout.channels != 3:
-            raise SkelactError(f"dataset: protocol {self.protocol.name!r} with rotation needs 3-D "
-                               f"coordinates; layout {self.layout.name} has {self.layout.channels} channels")
+        if {"rotate", "rotate_deg"} & self.augment.keys() and self.layout.channels != 3:
+            raise SkelactError(f"dataset: rotation augmentation needs 3-D coordinates; layout "
+                               f"{self.layout.name} has {self.layout.channels} channels")
         self.window, self.stream, self.train = int(window), stream, bool(train)
         self.seed, self.repeat = int(seed), int(repeat)
         # The epoch lives in shared memory so that DataLoader workers, persistent ones included, see
@@ -82,7 +81,7 @@ class SkeletonDataset(Dataset):
         self.class_names = self._store.class_names
         self.sample_indices = np.tile(self.indices, self.repeat)
         self.labels = self._store.labels[self.sample_indices].astype(np.int64)
-        self._parents = list(self.layout.parents)
+        self._parents = tuple(self.layout.parents)
 
     # A DataLoader with spawn/forkserver or DDP pickles the dataset: send the path, not the memmap.
     def __getstate__(self):
@@ -102,6 +101,8 @@ class SkeletonDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation of this epoch; call it before iterating the DataLoader of the epoch."""
+        if int(epoch) < 0:
+            raise SkelactError(f"dataset: epoch must be >= 0, not {epoch}")
         self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:

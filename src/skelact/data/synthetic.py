@@ -19,8 +19,9 @@ as Kinect is), and centred on spine_mid of the first person's first frame, as NT
      2 jump              6 clap           10 phone_call        14 handshake (2 persons)
      3 kick              7 wave           11 writing           15 push      (2 persons)
 
-**Ambiguous groups** (``AMBIGUOUS_GROUPS``): classes that share the gross motion exactly (the same
-distribution of every non-hand joint angle) and differ only at the wrist, hand, thumb and hand tip:
+**Ambiguous groups** (``AMBIGUOUS_GROUPS``): classes that share the gross motion exactly (every joint
+but the hands, thumbs and hand tips, ``HAND_JOINTS``, moves with the same distribution, and the clips
+have the same length distribution) and differ only in wrist and finger rotations:
 
 - ``wave`` / ``wave_wrist_flick``: arm raised, forearm swaying; the second adds a wrist flick.
 - ``drink`` / ``phone_call``: hand brought up beside the chin; the hand tilts to the mouth in sips,
@@ -31,9 +32,11 @@ distribution of every non-hand joint angle) and differ only at the wrist, hand, 
 A linear classifier on simple statistics of the joints confuses them; recognising them takes the
 fine temporal detail of a few noisy hand joints, which is what FR-Head's fine-grained contrast targets.
 
-**Variation.** 16 subjects (``NUM_SUBJECTS``; subjects 5 and 10 are left-handed and mirror the
-one-person actions), 3 views (``VIEW_ANGLES``), replications, 30-100 frames at 30 fps, one-person
-clips (some with an idle bystander as a second person) and two-person interactions.
+**Variation.** 16 subjects (``NUM_SUBJECTS``: height and proportions, speed, amplitude, posture and
+hand habits; subjects 5 and 10 are left-handed and mirror the one-person actions), 3 views
+(``VIEW_ANGLES``), replications with their own timing, 30-100 frames at 30 fps, per-clip joint noise
+(``generate(noise=0)`` turns it off), one-person clips (about 15% with an idle bystander as a second
+person) and two-person interactions.
 Clip ``i`` has label ``i % K``; the following counters run over views, subjects, then replications, so
 every prefix is balanced over classes and views and one performance is seen from the three views.
 
@@ -264,20 +267,20 @@ class Body:
         self.rot(f"right_{part}", ax, ay, az)
         self.rot(f"left_{part}", ax, -np.asarray(ay), -np.asarray(az))
 
-    def positions(self, angles: np.ndarray | None = None) -> np.ndarray:
+    def positions(self) -> np.ndarray:
         """Joint positions (T, V, 3) in the body's own frame, standing on the floor at the origin.
 
         The feet joints touching the floor (soft-min weights) stay put horizontally and the lowest one
-        is at height ``lift``; then ``shift`` moves the whole body.
+        is at height ``lift``; then ``shift`` moves the whole body. A rigid move per frame, so bone
+        lengths stay exact.
         """
-        angles = self.angles if angles is None else angles
-        x = forward_kinematics(self.subject.offsets, angles)
+        x = forward_kinematics(self.subject.offsets, self.angles)
         feet = x[:, FEET]  # (T, 4, 3)
         low = feet[..., 1].min(1)  # (T,)
         w = np.exp(-(feet[..., 1] - low[:, None]) / 0.02)
         anchor = (w[..., None] * feet).sum(1) / w.sum(1)[:, None]
-        anchor[:, 1] = low - self.lift[: len(x)]
-        return x - anchor[:, None] + self.shift[: len(x), None]
+        anchor[:, 1] = low - self.lift
+        return x - anchor[:, None] + self.shift[:, None]
 
     def raise_to(self, joint: str, height: float, t: int, weight: np.ndarray) -> None:
         """Pitch the right shoulder by ``δ · weight`` (T,) so that ``joint`` is at ``height`` at frame t."""
@@ -399,8 +402,8 @@ def wave(take, bodies):
 def wave_wrist_flick(take, bodies):
     (b,) = bodies
     e, sway = _wave_arm(take, b)
-    phase = np.roll(sway, take.rng.integers(2, 5))  # the hand lags the forearm a little
-    b.rot("right_wrist", ax=-5 * e + 25 * take.amp * e * phase)
+    flick = 2 * sway ** 2 - 1  # the hand flaps at twice the sway frequency
+    b.rot("right_wrist", ax=-5 * e + 30 * take.amp * e * flick)
 
 
 def _hand_to_face(take, b):
@@ -414,15 +417,15 @@ def _hand_to_face(take, b):
 def drink(take, bodies):
     (b,) = bodies
     e = _hand_to_face(take, b)
-    sip = np.maximum(take.osc(0.6), 0) * e
+    sip = e ** 3 * (0.6 + 0.4 * take.osc(0.7))  # the cup tilts while the hand is up
     b.rot("right_wrist", ax=-15 * e - 25 * take.amp * sip, az=-20 * e)
 
 
 def phone_call(take, bodies):
     (b,) = bodies
     e = _hand_to_face(take, b)
-    b.rot("right_wrist", ax=15 * e, az=-10 * e)
-    b.rot("right_hand", ax=10 * e)
+    b.rot("right_wrist", ax=20 * e, az=-10 * e)
+    b.rot("right_hand", ax=15 * e)
 
 
 def _at_desk(take, b):
@@ -439,8 +442,8 @@ def _at_desk(take, b):
 def writing(take, bodies):
     (b,) = bodies
     _at_desk(take, b)
-    b.rot("right_wrist", ax=5 * take.amp * take.osc(5.0), az=10 * take.amp * take.osc(2.5))
-    b.rot("right_thumb", ax=8 * take.osc(2.5))
+    b.rot("right_wrist", ax=6 * take.amp * take.osc(4.0), az=15 * take.amp * take.osc(2.0))
+    b.rot("right_thumb", ax=10 * take.osc(2.0))
 
 
 def typing(take, bodies):
@@ -448,8 +451,8 @@ def typing(take, bodies):
     _at_desk(take, b)
     for side in ("left", "right"):
         busy = np.clip(1.5 * take.osc(0.5, 0.5) + 0.7, 0, 1)  # each hand pauses now and then
-        b.rot(f"{side}_wrist", ax=5 * take.amp * busy * take.osc(4.0))
-        b.rot(f"{side}_thumb", ax=15 * take.amp * busy * take.osc(4.5))
+        b.rot(f"{side}_wrist", ax=8 * take.amp * busy * take.osc(4.0))
+        b.rot(f"{side}_thumb", ax=30 * take.amp * busy * take.osc(4.0))
 
 
 def reading(take, bodies):
@@ -552,8 +555,8 @@ def render(scene: np.ndarray, rng: np.random.Generator, view: int, noise: float 
     turn = rotation(np.radians([rng.normal(0, 3), VIEW_ANGLES[view] + rng.normal(0, 5), 0.0]))
     where = np.array([rng.uniform(-0.4, 0.4), -rng.uniform(0.7, 1.1), rng.uniform(2.6, 3.4)])
     x = scene @ turn.T + where
-    sigma = np.full(V, rng.uniform(0.003, 0.012))
-    sigma[list(HAND_JOINTS)] *= 1.6
+    sigma = np.full(V, rng.uniform(0.002, 0.010))
+    sigma[list(HAND_JOINTS)] *= 1.3
     x = x + noise * sigma[:, None] * rng.standard_normal(x.shape)
     return x - x[0, 0, J["spine_mid"]]
 

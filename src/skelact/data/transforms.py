@@ -37,7 +37,7 @@ STREAMS = ("j", "b", "jm", "bm")
 # ----------------------------------------------------------------------------------------- temporal
 def valid_frames(x: np.ndarray) -> np.ndarray:
     """Boolean mask (T,) of frames in which any joint of any person is non-zero. x: (M, T, V, C)."""
-    return np.any(x != 0, axis=(0, 2, 3))
+    return x.any(axis=(0, 2, 3))
 
 
 def resize_time(x: np.ndarray, length: int) -> np.ndarray:
@@ -124,8 +124,8 @@ def rotation_matrix(ax: float, ay: float, az: float = 0.0) -> np.ndarray:
 
 
 def rotate(x: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Apply a rotation (3, 3) to every point of (M, T, V, 3): x' = R x."""
-    return x @ r.T.astype(x.dtype)
+    """Apply a rotation (3, 3) to every point of (M, T, V, 3): x' = R x (one flat matrix product)."""
+    return (x.reshape(-1, 3) @ r.T.astype(x.dtype)).reshape(x.shape)
 
 
 def random_rotate(x: np.ndarray, rng: np.random.Generator, theta: float) -> np.ndarray:
@@ -133,20 +133,31 @@ def random_rotate(x: np.ndarray, rng: np.random.Generator, theta: float) -> np.n
     return rotate(x, rotation_matrix(*rng.uniform(-theta, theta, 3)))
 
 
-@lru_cache(maxsize=None)
-def _path_matrix(parents: tuple[int, ...]) -> np.ndarray:
-    """A (V, V) float32: A[v, u] = 1 when bone u (joint u -> parent) lies on the path from v to the root.
+def joint_matmul(b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Mix joints with b (V, V): (M, T, V, C) -> (M, T, V, C), ``x'[.., v, :] = sum_u b[v, u] x[.., u, :]``."""
+    m, t, v, c = x.shape
+    y = b.astype(x.dtype) @ x.transpose(2, 0, 1, 3).reshape(v, m * t * c)
+    return y.reshape(v, m, t, c).transpose(1, 2, 0, 3)
 
-    Joints are the root plus a sum of bones, ``x = x[root] + A @ bones``.
+
+@lru_cache(maxsize=None)
+def tree_matrices(parents: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(A, D), float32 (V, V), of the bone tree given by ``parents`` (root = its own parent).
+
+    ``D = I - P`` turns joints into bones (``bones = D @ joints``, the root's bone is 0);
+    ``A[v, u] = 1`` when bone u lies on the path from joint v to the root, so
+    ``joints = joints[root] + A @ bones``.
     """
     v = len(parents)
+    d = np.eye(v, dtype=np.float32)
+    d[np.arange(v), parents] -= 1.0
     a = np.zeros((v, v), dtype=np.float32)
     for joint in range(v):
         j = joint
         while parents[j] != j:
             a[joint, j] = 1.0
             j = parents[j]
-    return a
+    return a, d
 
 
 def bone_factors(layout: Layout, rng: np.random.Generator, low: float, high: float) -> np.ndarray:
@@ -165,11 +176,13 @@ def scale_bones(x: np.ndarray, layout: Layout, factors: np.ndarray) -> np.ndarra
     """Scale bone v of (M, T, V, C) by ``factors[v]``, rebuilding joints from the centre outwards.
 
     The centre stays put and every joint moves with its scaled ancestor bones:
-    ``x' = x + A @ ((factors - 1) * bones)`` with A from :func:`_path_matrix`.
+    ``x' = x + A @ ((factors - 1) * D @ x) = (I + A diag(factors - 1) D) @ x`` over the joint axis,
+    with A, D from :func:`tree_matrices`.
     """
-    bones = x - x[:, :, list(layout.parents)]
-    delta = (factors - 1.0)[:, None].astype(x.dtype) * bones
-    return x + _path_matrix(layout.parents) @ delta
+    a, d = tree_matrices(layout.parents)
+    b = (a * (np.asarray(factors, np.float32) - 1.0)) @ d
+    b[np.diag_indices_from(b)] += 1.0
+    return joint_matmul(b, x)
 
 
 def random_bone_scale(x: np.ndarray, layout: Layout, rng: np.random.Generator,
@@ -237,7 +250,7 @@ def ucla_clip(x: np.ndarray, *, window: int, train: bool, rng: np.random.Generat
             r = r * np.float32(rng.uniform(*scale))
         pts = r.astype(x.dtype) @ pts  # contiguous (3, T * V)
     else:
-        pts = np.ascontiguousarray(pts)
+        pts = pts.copy()  # contiguous, writable (the stored clip may be a read-only memmap view)
     pts -= pts[:, origin:origin + 1]  # joint `origin` of frame 0 (rotated with the clip)
     mul, add = _minmax_affine(pts)
     out = pts.reshape(c, t, v)[:, sample_frame_indices(t, window, train, rng, repeats)]  # (3, W, V)
@@ -296,15 +309,22 @@ def resolve_augment(protocol: Protocol, augment: dict | bool | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ streams
-def to_stream(x: np.ndarray, stream: str, parents: tuple[int, ...] | list[int]) -> np.ndarray:
+def to_stream(x: np.ndarray, stream: str, parents: tuple[int, ...]) -> np.ndarray:
     """Stream of a clip (M, T, V, C): ``j`` joints, ``b`` bones ``x[v] - x[parents[v]]`` (centre bone 0),
     ``jm`` joint motion ``x[t + 1] - x[t]`` (last frame 0), ``bm`` bone motion."""
     if stream not in STREAMS:
         raise SkelactError(f"stream: unknown {stream!r}; known: {', '.join(STREAMS)}")
     if stream in ("b", "bm"):
-        x = x - x[:, :, list(parents)]
+        x = x - np.take(x, _index_array(tuple(parents)), axis=2)
     if stream in ("jm", "bm"):
         motion = np.zeros_like(x)
-        motion[:, :-1] = x[:, 1:] - x[:, :-1]
+        np.subtract(x[:, 1:], x[:, :-1], out=motion[:, :-1])
         x = motion
     return x
+
+
+@lru_cache(maxsize=None)
+def _index_array(parents: tuple[int, ...]) -> np.ndarray:
+    out = np.asarray(parents, dtype=np.intp)
+    out.flags.writeable = False
+    return out

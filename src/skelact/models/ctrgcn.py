@@ -1,0 +1,254 @@
+"""CTR-GCN (Chen et al., ICCV 2021), METHODS.md §4, in one file, fused for speed and memory.
+
+Numerically the specified model (same layers, initialisation and parameter count as the released code;
+``bench/reference_ctrgcn.py`` maps weights 1:1 and ``tests/test_reference_equivalence.py`` checks it),
+computed differently:
+
+* activations are channels-last (N·M, C, T, V) tensors (memory order T, V, C), so every 1x1 convolution
+  is one large GEMM;
+* the three CTRGC subsets share one 1x1 projection for conv1/conv2 and it is applied *after* the temporal
+  mean (a 1x1 conv commutes with the mean over T), i.e. on (N·M, C, V) instead of (N·M, C, T, V);
+* conv3 -> channel-wise aggregation ``out[n,c,t,u] = sum_k sum_v R_k[n,c,u,v] x3_k[n,c,t,v]`` and
+  conv4 (-> ``R_k``) run in one autograd function, :class:`CTRAggregate`, that keeps only the unit input
+  and the small (N·M, K, rel, V, V) tanh map for backward and recomputes ``x3_k`` and ``R_k`` there, one
+  subset at a time (the reference keeps three (C, T, V) ``x3`` and six (C, V, V) maps per unit);
+* ``alpha`` is folded into conv4's weight and bias (``alpha·(W m + b) = (alpha W) m + alpha b``);
+* the first 1x1 convolutions of the four temporal branches are one convolution; the per-branch BNs are
+  one BN over the concatenated channels (BN is per channel, so this is the same function).
+
+Shapes: N batch, C channels, T frames, V joints (U = V as the output joint), M persons, K = 3 subsets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CL = torch.channels_last
+
+# (C_in, C_out, temporal stride) of the 10 units; C_in of the first is the input's channels
+UNITS = ((None, 64, 1), (64, 64, 1), (64, 64, 1), (64, 64, 1), (64, 128, 2), (128, 128, 1),
+         (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 256, 1))
+TAPS = {"low": 0, "mid": 4, "high": 7, "final": 9}  # tap name -> index of the unit it follows
+
+
+def _kaiming_fan_out(w: torch.Tensor, fan_out: int) -> None:
+    nn.init.normal_(w, 0.0, math.sqrt(2.0 / fan_out))
+
+
+class CTRAggregate(torch.autograd.Function):
+    """out[b,c,t,u] = sum_k sum_v R_k[b,c,u,v] · x3_k[b,c,t,v], with x3_k = W3_k x + b3_k (1x1 conv)
+    and R_k = W4_k m_k + b4_k + A_k (1x1 conv on the tanh map m, plus the adjacency).
+
+    x (B, Ci, T, V) [any memory format], m (B, K, rel, V, V), w3 (K, C, Ci), b3 (K, C), w4 (K, C, rel),
+    b4 (K, C), A (K, V, V) -> (B, C, T, V) channels-last.
+
+    Only x and m are kept for backward: x3_k and R_k are recomputed there, one subset at a time, in
+    reused buffers. Biases never cost a pass over a big tensor: R_k = [W4_k | b4_k | 1] @ [m_k; 1; A_k]
+    is one GEMM, and x3_k is computed without b3_k, whose contribution ``b3_k[c] · sum_v R_k[c,u,v]`` is
+    constant over t and initialises ``out``.
+    """
+
+    @staticmethod
+    def _operands(m, w4, b4, A):
+        """-> m_aug (B, K, rel+2, V·V) = [m; 1; A], w4_aug (K, C, rel+2) = [W4 | b4 | 1]."""
+        b, k_sub, rel, v, _ = m.shape
+        one = m.new_ones(b, k_sub, 1, v * v)
+        m_aug = torch.cat([m.reshape(b, k_sub, rel, v * v), one, A.reshape(1, k_sub, 1, v * v).expand_as(one)], 2)
+        w4_aug = torch.cat([w4, b4[..., None], torch.ones_like(b4)[..., None]], 2)
+        return m_aug, w4_aug
+
+    @staticmethod
+    def forward(ctx, x, m, w3, b3, w4, b4, A):
+        b, ci, t, v = x.shape
+        k_sub, c = w3.shape[:2]
+        x_t = x.reshape(b, ci, t * v)  # a view for contiguous and channels-last x
+        m_aug, w4_aug = CTRAggregate._operands(m, w4, b4, A)
+        r = [torch.bmm(w4_aug[k].expand(b, -1, -1), m_aug[:, k]).view(b * c, v, v) for k in range(k_sub)]
+        bias = sum(b3[k].repeat(b)[:, None] * r[k].sum(2) for k in range(k_sub))  # (B·C, U)
+        out = bias[:, None, :].expand(b * c, t, v).contiguous()
+        x3 = x.new_empty(b, c, t * v)
+        for k in range(k_sub):
+            torch.bmm(w3[k].expand(b, -1, -1), x_t, out=x3)  # (B, C, T·V)
+            out.baddbmm_(x3.view(b * c, t, v), r[k].transpose(1, 2))  # (T, V) @ (V, U) per (b, c)
+        ctx.save_for_backward(x, m, w3, b3, w4, b4, A)
+        return out.view(b, c, t, v).contiguous(memory_format=CL)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, m, w3, b3, w4, b4, A = ctx.saved_tensors
+        b, ci, t, v = x.shape
+        k_sub, c = w3.shape[:2]
+        g = g.contiguous().view(b * c, t, v)  # (B·C, T, U)
+        g_t = g.sum(1)  # (B·C, U)
+        x_t = x.reshape(b, ci, t * v)
+        x_cl = x.permute(0, 2, 3, 1).reshape(b, t * v, ci)  # a view when x is channels-last
+        m_aug, w4_aug = CTRAggregate._operands(m, w4, b4, A)
+        gx = torch.empty(b, t * v, ci, dtype=x.dtype, device=x.device)  # channels-last memory
+        gm, gw3, gb3, gw4, gb4, gA = (torch.empty_like(p) for p in (m, w3, b3, w4, b4, A))
+        x3, gx3, r = x.new_empty(b, c, t * v), x.new_empty(b, c, t * v), x.new_empty(b * c, v, v)
+        rel = m.shape[2]
+        for k in range(k_sub):
+            torch.bmm(w3[k].expand(b, -1, -1), x_t, out=x3)
+            torch.bmm(w4_aug[k].expand(b, -1, -1), m_aug[:, k], out=r.view(b, c, v * v))
+            gr = torch.bmm(g.transpose(1, 2), x3.view(b * c, t, v))  # dR_k (B·C, U, V)
+            gr.add_((b3[k].repeat(b)[:, None] * g_t)[:, :, None])  # from the b3 term
+            torch.bmm(g, r, out=gx3.view(b * c, t, v))  # dx3_k
+            if k == 0:
+                torch.bmm(gx3.transpose(1, 2), w3[k].expand(b, -1, -1), out=gx)
+            else:
+                gx.baddbmm_(gx3.transpose(1, 2), w3[k].expand(b, -1, -1))
+            gw3[k] = torch.bmm(gx3, x_cl).sum(0)
+            gb3[k] = gx3.sum((0, 2))
+            gr = gr.view(b, c, v * v)
+            gm_aug = torch.bmm(w4_aug[k].t().expand(b, -1, -1), gr)  # (B, rel+2, U·V)
+            gm[:, k] = gm_aug[:, :rel].view(b, rel, v, v)
+            gA[k] = gm_aug[:, rel + 1].sum(0).view(v, v)
+            gw4_aug = torch.bmm(gr, m_aug[:, k].transpose(1, 2)).sum(0)  # (C, rel+2)
+            gw4[k], gb4[k] = gw4_aug[:, :rel], gw4_aug[:, rel]
+        gx = gx.view(b, t, v, ci).permute(0, 3, 1, 2)
+        return gx, gm, gw3, gb3, gw4, gb4, gA
+
+
+class CTRGraphConv(nn.Module):
+    """unit_gcn: the sum over the K subsets of CTRGC, BN (weight 1e-6), residual down-path, ReLU.
+
+    (B, C_in, T, V) -> (B, C_out, T, V). Parameters (subset-major, K = 3):
+    ``w12`` (K·2·rel, C_in) and ``b12``: conv1 and conv2 of every subset; ``w3`` (K, C_out, C_in), ``b3``:
+    conv3; ``w4`` (K, C_out, rel), ``b4``: conv4; ``PA`` (K, V, V) the learnable adjacency; ``alpha`` (1,).
+    """
+
+    def __init__(self, c_in: int, c_out: int, A: torch.Tensor, raw_input: bool = False):
+        super().__init__()
+        k_sub = A.shape[0]
+        self.rel = rel = 8 if raw_input else c_in // 8
+        self.w12 = nn.Parameter(torch.empty(k_sub * 2 * rel, c_in))
+        self.b12 = nn.Parameter(torch.zeros(k_sub * 2 * rel))
+        self.w3 = nn.Parameter(torch.empty(k_sub, c_out, c_in))
+        self.b3 = nn.Parameter(torch.zeros(k_sub, c_out))
+        self.w4 = nn.Parameter(torch.empty(k_sub, c_out, rel))
+        self.b4 = nn.Parameter(torch.zeros(k_sub, c_out))
+        _kaiming_fan_out(self.w12, rel)  # per-subset conv1/conv2 have fan_out = rel
+        _kaiming_fan_out(self.w3, c_out)
+        _kaiming_fan_out(self.w4, c_out)
+        self.PA = nn.Parameter(A.clone())
+        self.alpha = nn.Parameter(torch.zeros(1))
+        self.bn = nn.BatchNorm2d(c_out)
+        nn.init.constant_(self.bn.weight, 1e-6)
+        if c_in != c_out:
+            self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1), nn.BatchNorm2d(c_out))
+            _kaiming_fan_out(self.down[0].weight, c_out)
+            nn.init.zeros_(self.down[0].bias)
+        else:
+            self.down = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, _, v = x.shape
+        k_sub, rel = self.PA.shape[0], self.rel
+        q = F.linear(x.mean(2).transpose(1, 2), self.w12, self.b12)  # (B, V, K·2·rel)
+        q = q.view(b, v, k_sub, 2, rel).permute(0, 2, 3, 4, 1)  # (B, K, 2, rel, V)
+        m = torch.tanh(q[:, :, 0, :, :, None] - q[:, :, 1, :, None, :])  # (B, K, rel, U, V)
+        y = CTRAggregate.apply(x, m, self.w3, self.b3, self.w4 * self.alpha, self.b4 * self.alpha, self.PA)
+        return F.relu(self.bn(y) + self.down(x))
+
+
+class MultiScaleTCN(nn.Module):
+    """Four temporal branches of C_out/4 channels, concatenated: (B, C_in, T, V) -> (B, C_out, T/s, V).
+
+    Branches 1-2: 1x1 conv, BN, ReLU, 5x1 conv (dilation 1 / 2, stride s), BN; branch 3: 1x1 conv, BN,
+    ReLU, 3x1 max-pool (stride s), BN; branch 4: 1x1 conv (stride s), BN. Here the first 1x1 convs of
+    branches 1-3 are one conv ``pw`` followed by one BN ``pw_bn``; branch 4's conv is ``pw4``; the four
+    final BNs are one BN ``out_bn`` on the concatenation (BN is per channel: the same function).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, kernel_size: int = 5, dilations=(1, 2)):
+        super().__init__()
+        self.bc = bc = c_out // (len(dilations) + 2)
+        self.stride = stride
+        self.pw = nn.Conv2d(c_in, bc * (len(dilations) + 1), 1)
+        self.pw_bn = nn.BatchNorm2d(bc * (len(dilations) + 1))
+        self.pw4 = nn.Conv2d(c_in, bc, 1, stride=(stride, 1))
+        self.dconv = nn.ModuleList(
+            nn.Conv2d(bc, bc, (kernel_size, 1), stride=(stride, 1), dilation=(d, 1),
+                      padding=((kernel_size + (kernel_size - 1) * (d - 1) - 1) // 2, 0)) for d in dilations)
+        self.out_bn = nn.BatchNorm2d(bc * (len(dilations) + 2))
+        for mod in self.modules():  # every branch conv has bc output channels: fan_out = bc·k
+            if isinstance(mod, nn.Conv2d):
+                _kaiming_fan_out(mod.weight, bc * mod.kernel_size[0] * mod.kernel_size[1])
+                nn.init.zeros_(mod.bias)
+            elif isinstance(mod, nn.BatchNorm2d):
+                nn.init.normal_(mod.weight, 1.0, 0.02)
+                nn.init.zeros_(mod.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *a, a_pool = F.relu(self.pw_bn(self.pw(x))).split(self.bc, 1)  # 3 x (B, bc, T, V)
+        outs = [conv(ai) for ai, conv in zip(a, self.dconv)]
+        outs.append(F.max_pool2d(a_pool, (3, 1), (self.stride, 1), (1, 0)))
+        outs.append(self.pw4(x))
+        return self.out_bn(torch.cat(outs, 1))
+
+
+class CTRUnit(nn.Module):
+    """y = ReLU(TCN(GCN(x)) + residual(x)): (B, C_in, T, V) -> (B, C_out, T/s, V)."""
+
+    def __init__(self, c_in, c_out, A, stride=1, residual=True, raw_input=False):
+        super().__init__()
+        self.gcn = CTRGraphConv(c_in, c_out, A, raw_input)
+        self.tcn = MultiScaleTCN(c_out, c_out, stride)
+        if not residual:
+            self.residual = None
+        elif c_in == c_out and stride == 1:
+            self.residual = nn.Identity()
+        else:
+            self.residual = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=(stride, 1)), nn.BatchNorm2d(c_out))
+            _kaiming_fan_out(self.residual[0].weight, c_out)
+            nn.init.zeros_(self.residual[0].bias)
+
+    def forward(self, x):
+        y = self.tcn(self.gcn(x))
+        return F.relu(y if self.residual is None else y + self.residual(x))
+
+
+class CTRGCN(nn.Module):
+    """CTR-GCN backbone: (N, C, T, V, M) -> (pooled (N, 256), taps {name: (N·M, C_s, T_s, V)}).
+
+    Taps (METHODS.md §1.1): ``low`` after unit 1 (64, T), ``mid`` after unit 5 (128, T/2), ``high`` after
+    unit 8 (256, T/4), ``final`` after unit 10 (256, T/4). They are channels-last tensors; use
+    ``reshape`` (not ``view``) to flatten them.
+    """
+
+    tap_names = tuple(TAPS)
+    feature_dim = 256
+
+    def __init__(self, A, num_persons: int = 2, in_channels: int = 3):
+        super().__init__()
+        A = torch.as_tensor(A, dtype=torch.float32)
+        self.num_joints, self.num_persons, self.in_channels = A.shape[-1], num_persons, in_channels
+        self.data_bn = nn.BatchNorm1d(num_persons * self.num_joints * in_channels)
+        self.units = nn.ModuleList(
+            CTRUnit(in_channels if ci is None else ci, co, A, stride=s, residual=i > 0, raw_input=i == 0)
+            for i, (ci, co, s) in enumerate(UNITS))
+
+    def tap_shapes(self, T: int, V: int | None = None) -> dict[str, tuple[int, int, int]]:
+        """{tap: (C, T_s, V)} for input clips of T frames (each stride-2 unit maps T to ceil(T/2))."""
+        V = V or self.num_joints
+        shapes, t = {}, T
+        for i, (_, co, s) in enumerate(UNITS):
+            t = -(-t // s)
+            shapes.update({name: (co, t, V) for name, j in TAPS.items() if j == i})
+        return shapes
+
+    def forward(self, x: torch.Tensor, taps: bool = True):
+        n, c, t, v, m = x.shape
+        x = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t))  # BN over (M, V, C) channels
+        x = x.view(n, m, v, c, t).permute(0, 1, 4, 2, 3).reshape(n * m, t, v, c).permute(0, 3, 1, 2)
+        out = {}
+        for i, unit in enumerate(self.units):
+            x = unit(x)
+            if taps and i in TAPS.values():
+                out.update({name: x for name, j in TAPS.items() if j == i})
+        pooled = x.mean((2, 3)).view(n, m, -1).mean(1)
+        return pooled, out
