@@ -1,6 +1,7 @@
 """NTU RGB+D: the .skeleton parser (fast path against a plain parser), corruptions, denoising, splits,
 prepare_ntu end to end and the CLI."""
 
+import collections
 import os
 import subprocess
 import sys
@@ -140,12 +141,17 @@ def corrupt_used_value(data: bytes, rng, token: bytes) -> bytes:
 
 
 def assert_bad(data: bytes, *words: str) -> str:
+    messages = []
     for fast in (True, False):
         with pytest.raises(BadSample) as info:
             ntu.parse_skeleton(data, fast=fast)
         message = str(info.value)
         assert message and "\n" not in message
         assert any(w in message for w in words), message
+        messages.append(message)
+    assert messages[0] == messages[1]                 # the fast path defers: the careful parser's reason
+    if ntu._ntuparse is not None:
+        c_against_careful(data)
     return message
 
 
@@ -184,6 +190,182 @@ def test_unused_columns_are_counted_not_converted(ntu_files):
     values[7] = b"abc"                                                # a joint's orientation, not kept
     assert_same(ntu.parse_skeleton(b"\r\n".join(lines[:10] + [b" ".join(values)] + lines[11:])), reference)
     assert_bad(b"\r\n".join(lines[:10] + [b" ".join(values[:11])] + lines[11:]), "11 values")
+
+
+# ------------------------------------------------------------------------- the optional C accelerator
+
+needs_c = pytest.mark.skipif(ntu._ntuparse is None, reason="C accelerator skelact.data._ntuparse not built")
+
+
+def padded(data: bytes) -> np.ndarray:
+    buf = np.full(len(data) + ntu._PAD, 32, np.uint8)
+    buf[:len(data)] = np.frombuffer(data, np.uint8)
+    return buf
+
+
+def c_against_careful(data: bytes) -> str:
+    """The C parser on data against the careful parser: the same result, or None (it defers) -> how it went.
+
+    "rejected": the careful parser raises and C deferred; "deferred": C left a good file to Python;
+    "taken": C parsed it, bit for bit as the careful parser (counts, ids, frames, x y z, body order)."""
+    got = ntu._ntuparse.parse(data)
+    try:
+        want = ntu._parse_careful(data)
+    except BadSample as e:
+        assert got is None, f"C took a file the careful parser rejects: {e}"
+        return "rejected"
+    if got is None:
+        return "deferred"
+    result = ntu._parse_c(padded(data), len(data))
+    assert result["num_frames"] == want["num_frames"]
+    assert_same(result, want["bodies"])
+    return "taken"
+
+
+@needs_c
+def test_c_parser_equals_python_parsers_on_real_files(ntu_files, monkeypatch):
+    for path in ntu_files:
+        data = path.read_bytes()
+        assert c_against_careful(data) == "taken"
+        reference = plain_parse(data)
+        assert_same(ntu._parse_c(padded(data), len(data)), reference)
+        assert_same(ntu._parse_fast(padded(data), len(data)), reference)    # the numpy path, too
+    monkeypatch.setattr(ntu, "_parse_fast", None)                           # read_skeleton: C alone
+    monkeypatch.setattr(ntu, "_parse_careful", None)
+    for path in ntu_files:
+        result = ntu.read_skeleton(path)
+        assert_same(result, plain_parse(path.read_bytes()))
+        assert result["num_frames"] == FRAMES[path.stem]
+        assert all(type(k) is int for k in result["bodies"])
+        for frames, xyz in result["bodies"].values():
+            assert frames.dtype == np.int64 and frames.flags.writeable and xyz.flags.writeable
+
+
+@needs_c
+@pytest.mark.parametrize("seed", range(12))
+def test_c_parser_equals_plain_parser_on_random_files(seed):
+    rng = np.random.default_rng(seed)
+    data = synthetic_skeleton(rng, formats=NUMBER_FORMATS if seed < 6 else LONG_FORMATS,
+                              newline="\r\n" if seed % 2 else "\n")
+    assert c_against_careful(data) == "taken"
+    for variant in (data.replace(b" ", b" \t "), data.rstrip(), b"\n \n" + data + b"\r\n\n  "):
+        assert c_against_careful(variant) == "taken"                         # irregular blanks: C too
+    if plain_parse(data):
+        assert_same(ntu._parse_c(padded(data), len(data)), plain_parse(data))
+
+
+@needs_c
+def test_c_parser_numbers_bit_for_bit():
+    """Decimal tokens of every length and form, and edge values, against float32(float(token))."""
+    rng = np.random.default_rng(7)
+    tokens = ["-0", "0", "+0", "1.", ".5", "-.5", "+.25", "0.0", "007.50", "1e5", "1.5E-3", "-2e+2",
+              "1e-40", "1.4e-45", "7e-46", "1e-320", "3.4028234e38", "-3.40282346638528e38", "1.17549435e-38",
+              "0.1", "16777217", "16777219", "0.30000001192092896",
+              "9007199254740993", "123456789012345678901234567890", "1." + "0" * 40 + "1",
+              "0.000000000000000000000001", "0." + "1" * 61]
+    for _ in range(3000):
+        digits = "".join(rng.choice(list("0123456789"), int(rng.integers(1, 25))))
+        dot = int(rng.integers(0, len(digits) + 1))
+        sign = rng.choice(["", "-", "+"])
+        token = digits if rng.random() < 0.1 else sign + digits[:dot] + "." + digits[dot:]
+        if rng.random() < 0.1:
+            token += f"e{int(rng.integers(-50, 14))}"
+        tokens.append(token)
+    tokens += [f"{v:.9g}" for v in rng.normal(0, 1, 500).astype(np.float32)]   # float32 round trips
+    tokens += [repr(float(np.nextafter(np.float32(v), np.float32(1)) / 2 + np.float32(v) / 2))   # ties
+               for v in rng.normal(0, 1, 500).astype(np.float32)]
+    tokens += ["0"] * (-len(tokens) % 75)
+    lines = [str(len(tokens) // 75)]
+    for body in range(len(tokens) // 75):
+        lines += ["1", f"{72057594037927936 + body} 0 1 1 1 1 0 0 0 2", "25"]
+        lines += [" ".join(tokens[75 * body + 3 * j:75 * body + 3 * j + 3] + ["1"] * 9) for j in range(25)]
+    data = ("\r\n".join(lines) + "\r\n").encode()
+    assert c_against_careful(data) == "taken"
+    result = ntu._parse_c(padded(data), len(data))
+    got = np.concatenate([xyz.ravel() for _, xyz in result["bodies"].values()])
+    with np.errstate(over="ignore"):
+        want = np.array([np.float32(float(t)) for t in tokens], dtype=np.float32)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    for token in ["3.4028235e38", "3.5e38", "1e39", "-1e309", "nan", "inf", "-Infinity", "1_0", "0x1p3", "1e",
+                  "1.5.", "--1", "0." + "1" * 62, "\x00", "1\x00", "\xff", "0,5"]:   # C defers
+        lines[4] = token + lines[4][lines[4].index(" "):]
+        variant = ("\r\n".join(lines) + "\r\n").encode()
+        assert ntu._ntuparse.parse(variant) is None
+        with np.errstate(over="ignore"):
+            assert c_against_careful(variant) in ("deferred", "rejected")
+
+
+@needs_c
+def test_c_parser_body_ids_are_exact():
+    record = b"%s 0 1 1 1 1 0 0 0 2\n25\n" + b"0.5 -1.25 3 1 1 1 1 1 1 1 1 2\n" * 25
+    for ids, taken in [((b"72057594037931648", b"72057594037931649"), True),
+                       ((b"999999999999999999",) * 2, True), ((b"007", b"7"), True),
+                       ((b"9999999999999999999", b"9999999999999999998"), False),
+                       ((b"+5", b"5"), False), ((b"-5", b"5"), False)]:
+        data = b"2\n1\n" + record.replace(b"%s", ids[0]) + b"1\n" + record.replace(b"%s", ids[1])
+        assert c_against_careful(data) == ("taken" if taken else "deferred")
+        assert list(ntu.parse_skeleton(data)["bodies"]) == list(dict.fromkeys(int(i) for i in ids))
+
+
+@needs_c
+def test_c_parser_on_fuzzed_files(ntu_files):
+    """Random damage of every kind: C gives the careful parser's result or defers, never anything else."""
+    lines = ntu_files[3].read_bytes().split(b"\r\n")
+    lines = [b"20"] + lines[1:1 + 20 * 28] + [b""]                    # its first 20 frames (one body each)
+    data = b"\r\n".join(lines)
+    rng = np.random.default_rng(3)
+    seen = collections.Counter()
+    tokens = [b"", b"abc", b"1.2.3", b"--1", b"+7", b"-3", b"1e", b"nan", b"inf", b"1_0", b"0x1F", b"\x00",
+              b"\xff", b"1,5", b".", b"25", b"0", b"2", b"1" * 19, b"1" * 70, b"1e400", b"5e38", b"\t", b"\n",
+              b"\r", b"1 2", b"007", b"-0", b"\x0b"]
+    for _ in range(400):
+        kind = rng.integers(6)
+        if kind == 0:                                                 # truncated anywhere
+            variant = data[:int(rng.integers(0, len(data)))]
+        elif kind == 1:                                               # a random byte changed
+            variant = bytearray(data)
+            variant[int(rng.integers(len(data)))] = int(rng.integers(256))
+            variant = bytes(variant)
+        elif kind == 2:                                               # a line dropped or repeated
+            i = int(rng.integers(len(lines)))
+            variant = b"\r\n".join(lines[:i] + lines[i + 1:] if rng.random() < 0.5
+                                   else lines[:i + 1] + lines[i:])
+        elif kind == 3:                                               # a value of any column replaced
+            i = int(rng.integers(len(lines) - 1))
+            values = lines[i].split(b" ")
+            values[int(rng.integers(len(values)))] = tokens[int(rng.integers(len(tokens)))]
+            variant = b"\r\n".join(lines[:i] + [b" ".join(values)] + lines[i + 1:])
+        elif kind == 4:                                               # a kept value replaced
+            variant = corrupt_used_value(data, rng, tokens[int(rng.integers(len(tokens)))])
+        else:                                                         # random bytes
+            variant = bytes(rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8))
+        with np.errstate(over="ignore"):                             # 1e400, 5e38: float32 inf
+            seen[c_against_careful(variant)] += 1
+            try:
+                want = ntu.parse_skeleton(variant, fast=False)
+            except BadSample as e:
+                with pytest.raises(BadSample) as info:
+                    ntu.parse_skeleton(variant)
+                assert str(info.value) == str(e)
+            else:
+                result = ntu.parse_skeleton(variant)
+                assert result["num_frames"] == want["num_frames"]
+                assert_same(result, want["bodies"])
+    assert seen["rejected"] > 50 and seen["taken"] > 20, seen
+
+
+def test_python_fallback_without_the_c_accelerator(ntu_files, monkeypatch):
+    """As where no C compiler was at hand: the numpy fast path and the careful parser do all the work."""
+    monkeypatch.setattr(ntu, "_ntuparse", None)
+    monkeypatch.setattr(ntu, "_parse_c", None)                      # would fail if called
+    test_fast_parser_equals_plain_parser_on_real_files(ntu_files)
+    for seed in (1, 8):
+        data = synthetic_skeleton(np.random.default_rng(seed), newline="\r\n")
+        assert_same(ntu.parse_skeleton(data), plain_parse(data))
+    test_irregular_layout_goes_to_the_careful_parser()
+    test_corruptions_give_bad_sample(ntu_files)
+    test_unused_columns_are_counted_not_converted(ntu_files)
+    np.testing.assert_array_equal(ntu.load_clip(ntu_files[1]).shape, (2, FRAMES[TWO_BODIES], 25, 3))
 
 
 def test_read_skeleton_names_the_file(tmp_path):

@@ -3,10 +3,12 @@
 File layout (DATA.md): line 1 = frame count; per frame: body count; per body: one line of 10 values
 (bodyID first), the joint count (25), then 25 lines of 12 values of which we keep x y z.
 
-:func:`read_skeleton` first tries a vectorised parser that handles the regular layout the Kinect tools
-write (one space between values, one value line per joint) with a few whole-file numpy passes. Anything
-unusual (extra whitespace, a missing final newline, a corrupt file) goes to a careful line-by-line
-parser, which gives the same result or the precise reason the file is unusable.
+:func:`read_skeleton` first tries a fast parser: the optional C accelerator ``_ntuparse`` (compiled at
+installation where a C compiler exists) for any well-formed file, else a vectorised parser that handles
+the regular layout the Kinect tools write (one space between values, one value line per joint) with a
+few whole-file numpy passes. Anything the fast parser leaves (a corrupt file, odd values; for the numpy
+parser also extra whitespace or a missing final newline) goes to a careful line-by-line parser, which
+gives the same result or the precise reason the file is unusable.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadSample, SkelactError
+
+try:
+    from . import _ntuparse      # optional C accelerator (setup.py); absent: the numpy parser, same results
+except ImportError:
+    _ntuparse = None
 
 NUM_JOINTS = 25
 
@@ -100,6 +107,7 @@ def read_skeleton(path: str | os.PathLike, *, fast: bool = True) -> dict:
     Returns ``{"num_frames": F, "bodies": {body_id: (frames, xyz)}}`` with, per body (in order of first
     appearance), ``frames`` int64 (T_b,) the 0-based frame indices it appears in and ``xyz`` float32
     (T_b, 25, 3). ``fast=False`` uses only the careful line-by-line parser (same result, slower).
+    ``ntu._ntuparse`` is the C accelerator, None where it was not compiled.
     Raises :class:`BadSample` ``"<file>: <reason>"`` for an unusable file.
     """
     path = Path(path)
@@ -133,16 +141,44 @@ def _parse(buf: np.ndarray, fast: bool) -> dict:
     size = len(buf) - _PAD
     if size == 0:
         raise BadSample("empty file")
-    result = _parse_fast(buf, size) if fast else None
+    result = None
+    if fast and _ntuparse is not None:
+        result = _parse_c(buf, size)           # always finite: C leaves NaN and inf to the careful parser
+    elif fast:
+        result = _check_finite(_parse_fast(buf, size))
     if result is None:
-        result = _parse_careful(buf[:size].tobytes())
+        result = _check_finite(_parse_careful(buf[:size].tobytes()))
     if not result["bodies"]:
         raise BadSample(f"no skeleton: none of its {result['num_frames']} frames holds a body")
-    for body_id, (frames, xyz) in result["bodies"].items():
+    return result
+
+
+def _check_finite(result: dict | None) -> dict | None:
+    """result (or None) unchanged; raises BadSample at the first body frame holding NaN or inf."""
+    for body_id, (frames, xyz) in (result or {"bodies": {}})["bodies"].items():
         finite = np.isfinite(xyz).all(axis=(1, 2))
         if not finite.all():
             raise BadSample(f"NaN or infinite coordinates (body {body_id}, frame {frames[~finite][0] + 1})")
     return result
+
+
+def _parse_c(buf: np.ndarray, size: int) -> dict | None:
+    """The C accelerator's parse, grouped by body; None when it does not take the file (the careful
+    parser decides). C gives per body record, in file order, the body id (an exact int of at most 18
+    digits), the frame index and x y z (float32 of the correctly rounded double, as float32(float(value)),
+    always finite), the last two in bytearrays (so the arrays are writable)."""
+    parsed = _ntuparse.parse(buf[:size])
+    if parsed is None:
+        return None
+    num_frames, ids, frames, xyz = parsed
+    frames = np.frombuffer(frames, dtype=np.int64)
+    xyz = np.frombuffer(xyz, dtype=np.float32).reshape(-1, NUM_JOINTS, 3)
+    if ids and ids.count(ids[0]) == len(ids):                         # one body: the usual case
+        return {"num_frames": num_frames, "bodies": {ids[0]: (frames, xyz)}}
+    body_of = np.array(ids, dtype=np.int64)
+    return {"num_frames": num_frames,
+            "bodies": {body_id: (frames[sel], xyz[sel]) for body_id in dict.fromkeys(ids)
+                       for sel in [body_of == body_id]}}
 
 
 def _parse_fast(buf: np.ndarray, size: int) -> dict | None:

@@ -220,7 +220,7 @@ class SkeletonStore:
             self.frames = np.memmap(self.path / "frames.bin", dtype=self.meta["dtype"], mode="r",
                                     shape=shape)
             self.layout = get_layout(self.meta["layout"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, SkelactError) as e:
             raise SkelactError(f"{self.path}: corrupt dataset store ({e})") from None
 
     def __len__(self) -> int:

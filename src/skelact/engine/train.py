@@ -322,7 +322,7 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
             scaler.step(opt)
             scaler.update()
             n = y.numel()
-            sums += torch.tensor([loss.item() * n, ce.item() * n, float(aux) * n,
+            sums += torch.tensor([loss.item() * n, ce.item() * n, aux.item() * n,
                                   (logits.argmax(1) == y).sum().item()], dtype=torch.float64)
             seen += n
             bar.set_postfix(loss=f"{sums[0].item() / seen:.3f}", lr=f"{lr:.3g}")

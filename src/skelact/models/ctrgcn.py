@@ -40,77 +40,82 @@ def _kaiming_fan_out(w: torch.Tensor, fan_out: int) -> None:
 
 
 class CTRAggregate(torch.autograd.Function):
-    """out[b,c,t,u] = sum_k sum_v R_k[b,c,u,v] · x3_k[b,c,t,v], with x3_k = W3_k x + b3_k (1x1 conv)
-    and R_k = W4_k m_k + b4_k + A_k (1x1 conv on the tanh map m, plus the adjacency).
+    """The K CTRGC subsets of a unit, conv3 / conv4 included, as one memory-light function:
 
-    x (B, Ci, T, V) [any memory format], m (B, K, rel, V, V), w3 (K, C, Ci), b3 (K, C), w4 (K, C, rel),
-    b4 (K, C), A (K, V, V) -> (B, C, T, V) channels-last.
+    ``out[b,c,t,u] = sum_k sum_v R_k[b,c,u,v] · x3_k[b,c,t,v]`` with ``x3_k = W3_k x + b3_k`` (1x1 conv)
+    and ``R_k = W4_k m_k + b4_k + A_k`` (1x1 conv on the tanh map ``m_k``, plus the adjacency).
 
-    Only x and m are kept for backward: x3_k and R_k are recomputed there, one subset at a time, in
-    reused buffers. Biases never cost a pass over a big tensor: R_k = [W4_k | b4_k | 1] @ [m_k; 1; A_k]
-    is one GEMM, and x3_k is computed without b3_k, whose contribution ``b3_k[c] · sum_v R_k[c,u,v]`` is
-    constant over t and initialises ``out``.
+    Inputs: x (B, Ci, T, V) channels-last; m (K, rel, B, V, V); w3 (K, C, Ci); b3 (K, C); w4 (K, C, rel);
+    b4 (K, C); A (K, V, V). Output (B, C, T, V) channels-last.
+
+    Inside, tensors are channel-major: ``x3_k`` is one GEMM ``W3_k @ x^T`` -> (C, B·T·V) and ``R_k`` one GEMM
+    ``[W4_k | b4_k | 1] @ [m_k; 1; A_k]`` -> (C, B·V·V), so the aggregation is a batched (T, V) @ (V, U)
+    product over the C·B pairs and every weight gradient is a single GEMM. b3 never costs a pass over a
+    big tensor: its contribution ``b3_k[c] · sum_v R_k[c,b,u,v]`` is constant over t and initialises
+    ``out`` (and is corrected for on small tensors in backward). Only x and m are saved; x3_k and R_k are
+    recomputed in backward one subset at a time, in reused buffers.
     """
 
     @staticmethod
-    def _operands(m, w4, b4, A):
-        """-> m_aug (B, K, rel+2, V·V) = [m; 1; A], w4_aug (K, C, rel+2) = [W4 | b4 | 1]."""
-        b, k_sub, rel, v, _ = m.shape
-        one = m.new_ones(b, k_sub, 1, v * v)
-        m_aug = torch.cat([m.reshape(b, k_sub, rel, v * v), one, A.reshape(1, k_sub, 1, v * v).expand_as(one)], 2)
+    def _aug(m, w4, b4, A):
+        """m_aug (K, rel+2, B·V·V) = [m; 1; A], w4_aug (K, C, rel+2) = [W4 | b4 | 1]."""
+        k_sub, rel, b, v, _ = m.shape
+        one = m.new_ones(k_sub, 1, b, v * v)
+        m_aug = torch.cat([m.reshape(k_sub, rel, b, v * v), one, A.reshape(k_sub, 1, 1, v * v).expand_as(one)], 1)
         w4_aug = torch.cat([w4, b4[..., None], torch.ones_like(b4)[..., None]], 2)
-        return m_aug, w4_aug
+        return m_aug.view(k_sub, rel + 2, b * v * v), w4_aug
 
     @staticmethod
     def forward(ctx, x, m, w3, b3, w4, b4, A):
         b, ci, t, v = x.shape
         k_sub, c = w3.shape[:2]
-        x_t = x.reshape(b, ci, t * v)  # a view for contiguous and channels-last x
-        m_aug, w4_aug = CTRAggregate._operands(m, w4, b4, A)
-        r = [torch.bmm(w4_aug[k].expand(b, -1, -1), m_aug[:, k]).view(b * c, v, v) for k in range(k_sub)]
-        bias = sum(b3[k].repeat(b)[:, None] * r[k].sum(2) for k in range(k_sub))  # (B·C, U)
-        out = bias[:, None, :].expand(b * c, t, v).contiguous()
-        x3 = x.new_empty(b, c, t * v)
+        x_rows = x.permute(0, 2, 3, 1).reshape(b * t * v, ci)  # a view for channels-last x
+        m_aug, w4_aug = CTRAggregate._aug(m, w4, b4, A)
+        m_sum = m_aug.view(k_sub, -1, b * v, v).sum(3)  # sum over v: (K, rel+2, B·U)
+        bias = sum(b3[k][:, None] * (w4_aug[k] @ m_sum[k]) for k in range(k_sub))  # (C, B·U)
+        out = bias.view(c * b, 1, v).expand(c * b, t, v).contiguous()  # (C·B, T, U)
+        x3, r = x.new_empty(c, b * t * v), x.new_empty(c, b * v * v)
         for k in range(k_sub):
-            torch.bmm(w3[k].expand(b, -1, -1), x_t, out=x3)  # (B, C, T·V)
-            out.baddbmm_(x3.view(b * c, t, v), r[k].transpose(1, 2))  # (T, V) @ (V, U) per (b, c)
+            torch.mm(w3[k], x_rows.t(), out=x3)  # x3_k without bias: (C, B·T·V)
+            torch.mm(w4_aug[k], m_aug[k], out=r)  # R_k: (C, B·U·V)
+            out.baddbmm_(x3.view(c * b, t, v), r.view(c * b, v, v).transpose(1, 2))  # (T,V)@(V,U) per (c,b)
         ctx.save_for_backward(x, m, w3, b3, w4, b4, A)
-        return out.view(b, c, t, v).contiguous(memory_format=CL)
+        return out.view(c, b * t * v).t().contiguous().view(b, t, v, c).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, g):
         x, m, w3, b3, w4, b4, A = ctx.saved_tensors
         b, ci, t, v = x.shape
         k_sub, c = w3.shape[:2]
-        g = g.contiguous().view(b * c, t, v)  # (B·C, T, U)
-        g_t = g.sum(1)  # (B·C, U)
-        x_t = x.reshape(b, ci, t * v)
-        x_cl = x.permute(0, 2, 3, 1).reshape(b, t * v, ci)  # a view when x is channels-last
-        m_aug, w4_aug = CTRAggregate._operands(m, w4, b4, A)
-        gx = torch.empty(b, t * v, ci, dtype=x.dtype, device=x.device)  # channels-last memory
+        rel = m.shape[1]
+        g = g.permute(0, 2, 3, 1).reshape(b * t * v, c).t().contiguous()  # (C, B·T·U)
+        g_t = g.view(c, b, t, v).sum(2).view(c, b * v)  # sum over t: (C, B·U)
+        g = g.view(c * b, t, v)
+        x_rows = x.permute(0, 2, 3, 1).reshape(b * t * v, ci)
+        m_aug, w4_aug = CTRAggregate._aug(m, w4, b4, A)
+        m_sum = m_aug.view(k_sub, -1, b * v, v).sum(3)
+        gx = x.new_empty(b * t * v, ci)  # channels-last rows
         gm, gw3, gb3, gw4, gb4, gA = (torch.empty_like(p) for p in (m, w3, b3, w4, b4, A))
-        x3, gx3, r = x.new_empty(b, c, t * v), x.new_empty(b, c, t * v), x.new_empty(b * c, v, v)
-        rel = m.shape[2]
+        x3, gx3, r, gr = (x.new_empty(c, n) for n in (b * t * v, b * t * v, b * v * v, b * v * v))
         for k in range(k_sub):
-            torch.bmm(w3[k].expand(b, -1, -1), x_t, out=x3)
-            torch.bmm(w4_aug[k].expand(b, -1, -1), m_aug[:, k], out=r.view(b, c, v * v))
-            gr = torch.bmm(g.transpose(1, 2), x3.view(b * c, t, v))  # dR_k (B·C, U, V)
-            gr.add_((b3[k].repeat(b)[:, None] * g_t)[:, :, None])  # from the b3 term
-            torch.bmm(g, r, out=gx3.view(b * c, t, v))  # dx3_k
+            torch.mm(w3[k], x_rows.t(), out=x3)
+            torch.mm(w4_aug[k], m_aug[k], out=r)
+            torch.bmm(g.transpose(1, 2), x3.view(c * b, t, v), out=gr.view(c * b, v, v))  # dR_k, less b3 term
+            torch.bmm(g, r.view(c * b, v, v), out=gx3.view(c * b, t, v))  # dx3_k
             if k == 0:
-                torch.bmm(gx3.transpose(1, 2), w3[k].expand(b, -1, -1), out=gx)
+                torch.mm(gx3.t(), w3[k], out=gx)
             else:
-                gx.baddbmm_(gx3.transpose(1, 2), w3[k].expand(b, -1, -1))
-            gw3[k] = torch.bmm(gx3, x_cl).sum(0)
-            gb3[k] = gx3.sum((0, 2))
-            gr = gr.view(b, c, v * v)
-            gm_aug = torch.bmm(w4_aug[k].t().expand(b, -1, -1), gr)  # (B, rel+2, U·V)
-            gm[:, k] = gm_aug[:, :rel].view(b, rel, v, v)
-            gA[k] = gm_aug[:, rel + 1].sum(0).view(v, v)
-            gw4_aug = torch.bmm(gr, m_aug[:, k].transpose(1, 2)).sum(0)  # (C, rel+2)
+                gx.addmm_(gx3.t(), w3[k])
+            gw3[k] = gx3 @ x_rows
+            gb3[k] = gx3.sum(1)
+            g_b3 = b3[k][:, None] * g_t  # the b3 term of dR_k, constant over v: (C, B·U)
+            gm_aug = (w4_aug[k].t() @ gr).view(rel + 2, b * v, v)
+            gm_aug += (w4_aug[k].t() @ g_b3)[..., None]
+            gw4_aug = gr @ m_aug[k].t() + g_b3 @ m_sum[k].t()  # (C, rel+2)
+            gm[k] = gm_aug[:rel].view(rel, b, v, v)
+            gA[k] = gm_aug[rel + 1].view(b, v, v).sum(0)
             gw4[k], gb4[k] = gw4_aug[:, :rel], gw4_aug[:, rel]
-        gx = gx.view(b, t, v, ci).permute(0, 3, 1, 2)
-        return gx, gm, gw3, gb3, gw4, gb4, gA
+        return gx.view(b, t, v, ci).permute(0, 3, 1, 2), gm, gw3, gb3, gw4, gb4, gA
 
 
 class CTRGraphConv(nn.Module):
@@ -149,8 +154,8 @@ class CTRGraphConv(nn.Module):
         b, _, _, v = x.shape
         k_sub, rel = self.PA.shape[0], self.rel
         q = F.linear(x.mean(2).transpose(1, 2), self.w12, self.b12)  # (B, V, K·2·rel)
-        q = q.view(b, v, k_sub, 2, rel).permute(0, 2, 3, 4, 1)  # (B, K, 2, rel, V)
-        m = torch.tanh(q[:, :, 0, :, :, None] - q[:, :, 1, :, None, :])  # (B, K, rel, U, V)
+        q = q.view(b, v, k_sub, 2, rel).permute(2, 3, 4, 0, 1)  # (K, 2, rel, B, V)
+        m = torch.tanh(q[:, 0, :, :, :, None] - q[:, 1, :, :, None, :]).contiguous()  # (K, rel, B, U, V)
         y = CTRAggregate.apply(x, m, self.w3, self.b3, self.w4 * self.alpha, self.b4 * self.alpha, self.PA)
         return F.relu(self.bn(y) + self.down(x))
 

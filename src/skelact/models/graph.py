@@ -10,8 +10,13 @@ of ``A[k]`` says from which joints ``u`` gathers. The layout's edges are ``(chil
 
 where ``norm(E) = E @ diag(1 / colsum(E))`` divides column ``v`` by the number of joints that gather
 from ``v`` in that subset (columns with sum 0 stay 0). This is the column normalisation of the
-reference CTR-GCN / ST-GCN graph code. For a tree, ``norm(E_in) = E_in`` (each child has one parent)
-and ``norm(E_out)[child, parent] = 1 / #children(parent)``.
+reference CTR-GCN graph code (``strategy="ctrgcn"``, the default). For a tree, ``norm(E_in) = E_in``
+(each child has one parent) and ``norm(E_out)[child, parent] = 1 / #children(parent)``.
+
+``strategy="stgcn"`` is the original ST-GCN "spatial" partition (root / centripetal / centrifugal by
+distance to the centre): the same three neighbour sets, but every entry of row ``u`` is divided by the
+degree of ``u`` counting itself, ``d_u = 1 + #children(u) + [u has a parent]``, i.e. the weights of the
+three subsets together average over ``u``'s neighbourhood.
 """
 
 from __future__ import annotations
@@ -27,11 +32,18 @@ def column_normalise(e: np.ndarray) -> np.ndarray:
     return e * np.where(s > 0, 1.0 / np.maximum(s, 1e-12), 0.0)[None, :]
 
 
-def adjacency(layout: Layout | str) -> np.ndarray:
-    """The (3, V, V) float32 stack ``[I, norm(E_in), norm(E_out)]`` for a layout (see module doc)."""
+def adjacency(layout: Layout | str, strategy: str = "ctrgcn") -> np.ndarray:
+    """The (3, V, V) float32 stack ``[self, inward, outward]`` for a layout (see module doc)."""
     layout = get_layout(layout)
     v = layout.num_joints
     e_in = np.zeros((v, v), dtype=np.float64)
     for child, parent in layout.edges:
         e_in[parent, child] = 1.0
-    return np.stack([np.eye(v), column_normalise(e_in), column_normalise(e_in.T)]).astype(np.float32)
+    if strategy == "ctrgcn":
+        a = np.stack([np.eye(v), column_normalise(e_in), column_normalise(e_in.T)])
+    elif strategy == "stgcn":
+        a = np.stack([np.eye(v), e_in, e_in.T])
+        a /= a.sum((0, 2))[None, :, None]  # row u / degree of u (itself included)
+    else:
+        raise ValueError(f"unknown adjacency strategy {strategy!r}; known: ctrgcn, stgcn")
+    return a.astype(np.float32)

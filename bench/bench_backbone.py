@@ -1,0 +1,249 @@
+"""CTR-GCN backbone benchmark: the fast model (skelact.models.ctrgcn) against a straightforward
+reference-structured CTR-GCN (bench/reference_ctrgcn.py), same weights, same process, interleaved.
+
+    python bench/bench_backbone.py                    # both shapes, 7 interleaved repetitions
+    python bench/bench_backbone.py --shapes ntu --reps 3 --json out.json
+
+Measured per shape (NW-UCLA (3, 52, 20, 1), 10 classes; NTU (3, 64, 25, 2), 60 classes):
+- training throughput, samples/s: forward + cross-entropy + backward + SGD step at batch 16; the two
+  models alternate (A B, B A, A B, ...) and the median step time of each is reported;
+- FLOPs per sample (torch.utils.flop_counter.FlopCounterMode) of the forward and of the training step,
+  and the achieved GFLOP/s against the fp32 matmul peak measured in the same run (a 2048^3 torch.mm);
+- training memory per sample: bytes of the distinct tensor storages saved for backward (a
+  saved_tensors_hooks pack hook; parameters excluded), and the peak-RSS growth of a fresh process that
+  runs two training steps of one model (an OS-level cross-check, includes allocator slack);
+- inference latency at batch 1 (eval mode, inference_mode), median over interleaved runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils import flop_counter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_ctrgcn import ReferenceCTRGCN, load_into_fast  # noqa: E402
+
+from skelact.models import create_model  # noqa: E402
+from skelact.models.graph import adjacency  # noqa: E402
+
+SHAPES = {"ucla": ("ucla20", 52, 1, 10), "ntu": ("ntu25", 64, 2, 60)}  # layout, T, M, classes
+
+
+def build(shape: str, seed: int = 0):
+    """-> (reference, fast) with identical weights."""
+    layout, _, m, k = SHAPES[shape]
+    torch.manual_seed(seed)
+    ref = ReferenceCTRGCN(adjacency(layout), k, m)
+    fast = create_model("ctrgcn", layout=layout, num_classes=k, num_persons=m)
+    load_into_fast(ref, fast)
+    return ref, fast
+
+
+def batch(shape: str, n: int, seed: int = 1):
+    layout, t, m, k = SHAPES[shape]
+    g = torch.Generator().manual_seed(seed)
+    v = adjacency(layout).shape[-1]
+    return torch.randn(n, 3, t, v, m, generator=g), torch.randint(0, k, (n,), generator=g)
+
+
+def train_step_fn(model, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def _bmm_flops(_, a, b, *args, out_shape=None, **kw):
+    return 2 * a[0] * a[1] * a[2] * b[2]
+
+
+def _mm_flops(_, a, b, *args, out_shape=None, **kw):
+    return 2 * a[0] * a[1] * b[1]
+
+
+# in-place accumulating GEMMs are not in FlopCounterMode's registry
+_CUSTOM = {torch.ops.aten.baddbmm_: _bmm_flops, torch.ops.aten.addmm_: _mm_flops}
+
+
+def flops(model, x, y) -> tuple[float, float]:
+    """(forward FLOPs, training-step FLOPs) per sample."""
+    model.train()
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=_CUSTOM) as fc:
+        logits = model(x)
+    fwd = fc.get_total_flops()
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=_CUSTOM) as fc:
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    del logits
+    return fwd / len(x), fc.get_total_flops() / len(x)
+
+
+def saved_bytes(model, x) -> float:
+    """Bytes per sample of the distinct storages autograd keeps for backward (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    return sum(seen.values()) / len(x)
+
+
+def rss_child(shape: str, which: str, n: int, threads: int) -> float:
+    """Run two training steps of one model in a fresh process; return its peak-RSS growth per sample."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", f"{shape}:{which}:{n}",
+           "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_child_main(spec: str) -> None:
+    shape, which, n = spec.split(":")
+    ref, fast = build(shape)
+    model = {"ref": ref, "fast": fast}[which]
+    del ref, fast
+    x, y = batch(shape, int(n))
+    step = train_step_fn(model, x, y)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    step()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 / int(n))
+
+
+def matmul_peak(reps: int = 5, n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def interleaved(fns: dict, reps: int) -> dict[str, list[float]]:
+    """Alternate A B / B A ... so that slow drifts of the machine hit both equally."""
+    names, times = list(fns), {k: [] for k in fns}
+    for r in range(reps):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            times[k].append(_timed(fns[k]))
+    return times
+
+
+def bench_shape(shape: str, args) -> dict:
+    ref, fast = build(shape)
+    models = {"reference": ref, "fast": fast}
+    x, y = batch(shape, args.batch)
+    res = {"shape": shape, "input": list(x.shape[1:]), "batch": args.batch}
+    # FLOPs and saved-tensor memory (deterministic)
+    xf, yf = batch(shape, 2)
+    for name, model in models.items():
+        fwd, step = flops(model, xf, yf)
+        res[name] = {"gflop_fwd_per_sample": fwd / 1e9, "gflop_step_per_sample": step / 1e9,
+                     "saved_mib_per_sample": saved_bytes(model, x) / 2 ** 20}
+    # training throughput, interleaved
+    steps = {k: train_step_fn(m, x, y) for k, m in models.items()}
+    for s in steps.values():  # warm-up (oneDNN primitive caches, allocator)
+        s()
+    times = interleaved(steps, args.reps)
+    for name in models:
+        med = statistics.median(times[name])
+        res[name].update(step_s=times[name], step_median_s=med, samples_per_s=args.batch / med,
+                         gflops_achieved=res[name]["gflop_step_per_sample"] * args.batch / med)
+    # inference latency, batch 1
+    x1 = x[:1]
+    for m in models.values():
+        m.eval()
+
+    def infer(m):
+        def run():
+            with torch.inference_mode():
+                m(x1)
+        return run
+    for m in models.values():
+        infer(m)()
+    lat = interleaved({k: infer(m) for k, m in models.items()}, args.infer_reps)
+    for name in models:
+        res[name]["latency_b1_ms"] = 1e3 * statistics.median(lat[name])
+    # OS-level memory cross-check
+    if not args.no_rss:
+        for name, which in (("reference", "ref"), ("fast", "fast")):
+            res[name]["peak_rss_mib_per_sample"] = rss_child(shape, which, args.batch, args.threads) / 2 ** 20
+    r, f = res["reference"], res["fast"]
+    res["speedup"] = f["samples_per_s"] / r["samples_per_s"]
+    res["saved_memory_ratio"] = f["saved_mib_per_sample"] / r["saved_mib_per_sample"]
+    if "peak_rss_mib_per_sample" in f:
+        res["rss_ratio"] = f["peak_rss_mib_per_sample"] / r["peak_rss_mib_per_sample"]
+    return res
+
+
+def report(results: list[dict], peak: float) -> str:
+    lines = [f"fp32 matmul peak (2048^3 torch.mm, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s", ""]
+    head = ("| shape | model | train samples/s | step median s | GFLOP/sample fwd / step | achieved GFLOP/s "
+            "(% peak) | saved MiB/sample | peak RSS MiB/sample | latency b=1 ms |")
+    lines += [head, "|" + "---|" * 9]
+    for res in results:
+        for name in ("reference", "fast"):
+            d = res[name]
+            rss = f"{d['peak_rss_mib_per_sample']:.1f}" if "peak_rss_mib_per_sample" in d else "-"
+            lines.append(
+                f"| {res['shape']} {tuple(res['input'])} | {name} | {d['samples_per_s']:.2f} | "
+                f"{d['step_median_s']:.3f} | {d['gflop_fwd_per_sample']:.2f} / {d['gflop_step_per_sample']:.2f} | "
+                f"{d['gflops_achieved']:.0f} ({100 * d['gflops_achieved'] / peak:.0f}%) | "
+                f"{d['saved_mib_per_sample']:.1f} | {rss} | {d['latency_b1_ms']:.1f} |")
+    lines.append("")
+    for res in results:
+        extra = f", peak-RSS ratio {res['rss_ratio']:.2f}" if "rss_ratio" in res else ""
+        lines.append(f"- {res['shape']}: fast/reference throughput {res['speedup']:.2f}x, saved-memory ratio "
+                     f"{res['saved_memory_ratio']:.2f}{extra}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="ucla,ntu")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--reps", type=int, default=7, help="interleaved training-step repetitions per model")
+    p.add_argument("--infer-reps", type=int, default=21)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak-RSS measurement")
+    p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        _rss_child_main(args.rss_child)
+        return
+    peak = matmul_peak()
+    results = [bench_shape(s, args) for s in args.shapes.split(",")]
+    peak = max(peak, matmul_peak())  # measured before and after: the better of the two
+    print(report(results, peak))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak, "threads": args.threads,
+                                               "torch": torch.__version__, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Every registered model (timm style): shapes, taps, gradients, batch independence, determinism, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from skelact.errors import SkelactError
+from skelact.layouts import LAYOUTS
+from skelact.models import create_model, list_models
+from skelact.models.graph import adjacency
+
+MODELS = list_models()
+# (layout, persons, frames, classes)
+SETTINGS = [("ntu25", 2, 64, 60), ("ucla20", 1, 52, 10)]
+
+
+def _model(name, layout="ntu25", persons=2, classes=60, seed=0, **kw):
+    torch.manual_seed(seed)
+    return create_model(name, layout=layout, num_classes=classes, num_persons=persons, **kw)
+
+
+def _input(layout, persons, frames, n=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, frames, LAYOUTS[layout].num_joints, persons, generator=g)
+
+
+def test_registry_lists_the_required_models():
+    assert {"ctrgcn", "stgcn", "stgcn_quarter"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("layout,persons,frames,classes", SETTINGS)
+def test_output_and_tap_shapes(name, layout, persons, frames, classes):
+    model = _model(name, layout, persons, classes)
+    x = _input(layout, persons, frames)
+    logits, feats = model(x, return_features=True)
+    assert logits.shape == (2, classes)
+    assert feats["pooled"].shape == (2, model.feature_dim)
+    assert set(feats) == {"pooled", *model.backbone.tap_names}
+    shapes = model.tap_shapes(frames)
+    for tap in model.backbone.tap_names:
+        assert feats[tap].shape == (2 * persons, *shapes[tap]), tap
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("frames,expected_t", [(64, (64, 32, 16, 16)), (52, (52, 26, 13, 13))])
+def test_ctrgcn_taps_follow_methods_1_1(frames, expected_t):
+    model = _model("ctrgcn", "ucla20", 1, 10)
+    shapes = model.tap_shapes(frames)
+    assert [shapes[t] for t in ("low", "mid", "high", "final")] == [
+        (c, t, 20) for c, t in zip((64, 128, 256, 256), expected_t)]
+
+
+def test_ctrgcn_parameter_counts():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(_model("ctrgcn", "ntu25", 2, 60)) == 1_446_672
+    assert count(_model("ctrgcn", "ucla20", 1, 10)) == 1_426_892
+
+
+def test_stgcn_quarter_is_the_ssl_encoder():
+    model = _model("stgcn_quarter")
+    assert model.backbone.channels == (16, 16, 16, 16, 32, 32, 32, 64, 64, 256)
+    assert model.feature_dim == 256
+    assert [m.tcn[-1].p for m in model.backbone.units] == [0.0] + [0.5] * 9
+    assert _model("stgcn").backbone.channels == (64, 64, 64, 64, 128, 128, 128, 256, 256, 256)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_gradients_reach_every_parameter(name):
+    model = _model(name)
+    with torch.no_grad():  # leave the zero / 1e-6 initialisations, which would hide gradient paths
+        for mod in model.modules():
+            if hasattr(mod, "alpha"):
+                mod.alpha.fill_(0.5)
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.fill_(1.0)
+    logits = model(_input("ntu25", 2, 20))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_outputs_do_not_depend_on_the_batch(name):
+    model = _model(name).eval()
+    x = _input("ntu25", 2, 24, n=3)
+    with torch.no_grad():
+        together = model(x)
+        alone = torch.cat([model(x[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(alone, together, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_deterministic_under_a_seed(name):
+    a, b = _model(name, seed=3), _model(name, seed=3)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb), na
+    x = _input("ntu25", 2, 20)
+    torch.manual_seed(5)
+    ya = a(x)
+    torch.manual_seed(5)
+    yb = b(x)
+    assert torch.equal(ya, yb)
+    assert not torch.equal(_model(name, seed=4).classifier.weight, a.classifier.weight)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_input_mismatch_is_a_clear_error(name):
+    model = _model(name, "ntu25", 2, 60)
+    with pytest.raises(SkelactError, match="joints"):
+        model(torch.zeros(1, 3, 16, 20, 2))
+    with pytest.raises(SkelactError, match="channels"):
+        model(torch.zeros(1, 2, 16, 25, 2))
+    with pytest.raises(SkelactError, match="persons"):
+        model(torch.zeros(1, 3, 16, 25, 1))
+    with pytest.raises(SkelactError, match="5-d"):
+        model(torch.zeros(3, 16, 25, 2))
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(SkelactError, match="ctrgcn.*stgcn"):
+        create_model("resnet50", layout="ntu25", num_classes=60)
+    with pytest.raises(SkelactError, match="layout"):
+        create_model("ctrgcn", layout="smpl24", num_classes=60)
+    with pytest.raises(TypeError):
+        create_model("ctrgcn", layout="ntu25", num_classes=60, no_such_option=1)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_parameters_are_backbone_plus_classifier(name):
+    model = _model(name)
+    names = {n.split(".")[0] for n, _ in model.named_parameters()}
+    assert names == {"backbone", "classifier"}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_adjacency_three_subsets(layout):
+    lay = LAYOUTS[layout]
+    v = lay.num_joints
+    a = adjacency(lay)
+    assert a.shape == (3, v, v) and a.dtype == np.float32
+    np.testing.assert_array_equal(a[0], np.eye(v))
+    children = {p: [c for c, q in lay.edges if q == p] for p in range(v)}
+    for child, parent in lay.edges:  # inward: the parent gathers from its child with weight 1
+        assert a[1, parent, child] == 1.0
+        assert a[2, child, parent] == pytest.approx(1.0 / len(children[parent]))
+    assert (a[1] > 0).sum() == (a[2] > 0).sum() == v - 1
+    s = adjacency(lay, "stgcn")  # rows average over each joint's neighbourhood
+    np.testing.assert_allclose(s.sum((0, 2)), 1.0, rtol=1e-6)
+    assert ((s > 0) == (a > 0)).all()
