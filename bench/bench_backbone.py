@@ -10,8 +10,9 @@ Measured per shape (NW-UCLA (3, 52, 20, 1), 10 classes; NTU (3, 64, 25, 2), 60 c
 - FLOPs per sample (torch.utils.flop_counter.FlopCounterMode) of the forward and of the training step,
   and the achieved GFLOP/s against the fp32 matmul peak measured in the same run (a 2048^3 torch.mm);
 - training memory per sample: bytes of the distinct tensor storages saved for backward (a
-  saved_tensors_hooks pack hook; parameters excluded), and the peak-RSS growth of a fresh process that
-  runs two training steps of one model (an OS-level cross-check, includes allocator slack);
+  saved_tensors_hooks pack hook; parameters excluded), and the peak-RSS growth (Linux VmHWM after a
+  reset through /proc/self/clear_refs) of a fresh process that runs two training steps of one model
+  (an OS-level cross-check: it also sees transient buffers, gradients and allocator slack);
 - inference latency at batch 1 (eval mode, inference_mode), median over interleaved runs.
 """
 
@@ -117,6 +118,13 @@ def rss_child(shape: str, which: str, n: int, threads: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
 def _rss_child_main(spec: str) -> None:
     shape, which, n = spec.split(":")
     ref, fast = build(shape)
@@ -124,10 +132,11 @@ def _rss_child_main(spec: str) -> None:
     del ref, fast
     x, y = batch(shape, int(n))
     step = train_step_fn(model, x, y)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+    base = _status_kib("VmRSS")
     step()
     step()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 / int(n))
+    print((_status_kib("VmHWM") - base) * 1024 / int(n))
 
 
 def matmul_peak(reps: int = 5, n: int = 2048) -> float:
@@ -210,7 +219,8 @@ def report(results: list[dict], peak: float) -> str:
             rss = f"{d['peak_rss_mib_per_sample']:.1f}" if "peak_rss_mib_per_sample" in d else "-"
             lines.append(
                 f"| {res['shape']} {tuple(res['input'])} | {name} | {d['samples_per_s']:.2f} | "
-                f"{d['step_median_s']:.3f} | {d['gflop_fwd_per_sample']:.2f} / {d['gflop_step_per_sample']:.2f} | "
+                f"{d['step_median_s']:.3f} | "
+                f"{d['gflop_fwd_per_sample']:.2f} / {d['gflop_step_per_sample']:.2f} | "
                 f"{d['gflops_achieved']:.0f} ({100 * d['gflops_achieved'] / peak:.0f}%) | "
                 f"{d['saved_mib_per_sample']:.1f} | {rss} | {d['latency_b1_ms']:.1f} |")
     lines.append("")

@@ -27,5 +27,5 @@ def synthetic_store(tmp_path_factory) -> Path:
     """A small built-in synthetic dataset, generated once per test session."""
     from skelact.data.synthetic import prepare_synthetic
     out = tmp_path_factory.mktemp("synthetic") / "store"
-    prepare_synthetic(out=out, seed=0, num_samples=240)
+    prepare_synthetic(out=out, seed=0, num_samples=480)
     return out

@@ -124,8 +124,10 @@ def test_unknown_model_lists_the_known_ones():
         create_model("resnet50", layout="ntu25", num_classes=60)
     with pytest.raises(SkelactError, match="layout"):
         create_model("ctrgcn", layout="smpl24", num_classes=60)
-    with pytest.raises(TypeError):
+    with pytest.raises(SkelactError, match="no_such_option.*valid: dropout"):
         create_model("ctrgcn", layout="ntu25", num_classes=60, no_such_option=1)
+    with pytest.raises(SkelactError, match="num_classes"):
+        create_model("ctrgcn", layout="ntu25", num_classes=0)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -150,3 +152,22 @@ def test_adjacency_three_subsets(layout):
     s = adjacency(lay, "stgcn")  # rows average over each joint's neighbourhood
     np.testing.assert_allclose(s.sum((0, 2)), 1.0, rtol=1e-6)
     assert ((s > 0) == (a > 0)).all()
+
+
+def test_stgcn_graph_conv_matches_the_einsum_definition():
+    torch.manual_seed(0)
+    unit = _model("stgcn").backbone.units[1]
+    with torch.no_grad():
+        unit.importance.uniform_(0.5, 1.5)
+    x = torch.randn(2, 64, 7, 25)
+    y = unit.gcn(x).view(2, 3, 64, 7, 25)  # (N, K, C, T, V), conv channel = k·C + c
+    want = torch.einsum("nkctv,kuv->nctu", y, unit.A * unit.importance)
+    torch.testing.assert_close(unit.graph_conv(x), want, atol=1e-5, rtol=1e-5)
+
+
+def test_ctrgcn_tap_shapes_match_a_forward_pass_for_odd_lengths():
+    model = _model("ctrgcn", "ucla20", 1, 10).eval()
+    for frames in (1, 5, 13):
+        with torch.no_grad():
+            _, feats = model(_input("ucla20", 1, frames, n=1), return_features=True)
+        assert {k: tuple(v.shape[1:]) for k, v in feats.items() if k != "pooled"} == model.tap_shapes(frames)

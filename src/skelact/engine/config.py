@@ -25,7 +25,7 @@ class DataConfig:
     generate: str = "synthetic"  # built-in data to create at `path` when it is missing ("" = never)
     split: str = "xsub"  # split protocol of the store
     protocol: str = "ntu"  # clip protocol: ntu | ucla | none
-    window: int = 48  # frames per clip after resampling
+    window: int = 32  # frames per clip after resampling
     stream: str = "j"  # j | b | jm | bm
     num_persons: int = 0  # 0 = the store's maximum
     repeat: int = 1  # passes over the training list per epoch (NW-UCLA recipe: 5)
@@ -47,16 +47,16 @@ class HeadConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 16
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 4e-4
     schedule: str = "step"  # step | cosine
-    milestones: list = field(default_factory=lambda: [9])
+    milestones: list = field(default_factory=lambda: [6])
     gamma: float = 0.1
-    warmup_epochs: int = 2
+    warmup_epochs: int = 1
 
 
 @dataclass
@@ -156,8 +156,9 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def parse_override(text: str) -> dict:
-    """``"optim.lr=0.05"`` -> ``{"optim": {"lr": 0.05}}`` (value parsed as YAML)."""
+def apply_override(values: dict, text: str) -> dict:
+    """Apply ``"optim.lr=0.05"`` to a nested dict: the value (parsed as YAML) replaces what is at the
+    path, mappings included (``--set model.options={}`` clears the options)."""
     if "=" not in text:
         raise SkelactError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.05")
     key, raw = text.split("=", 1)
@@ -165,11 +166,15 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    out: dict = value
-    for part in reversed(key.strip().split(".")):
-        if not part:
-            raise SkelactError(f"--set {text!r}: empty key part")
-        out = {part: out}
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SkelactError(f"--set {text!r}: empty key part")
+    out = dict(values)
+    node = out
+    for part in parts[:-1]:
+        node[part] = dict(node[part]) if isinstance(node.get(part), dict) else {}
+        node = node[part]
+    node[parts[-1]] = value
     return out
 
 
@@ -179,15 +184,17 @@ def load_config(paths: str | list[str] | None = None, overrides: list[str] = (),
     values and ``--set KEY=VALUE`` overrides, in that order."""
     paths = [paths] if isinstance(paths, str) else list(paths or [])
     merged: dict = {}
-    for path in paths:
-        merged = merge(merged, _read_yaml(Path(path).resolve()))
+    names: list[str] = []  # a file's own `name` replaces the run name, a file without one appends
+    for path in paths:     # its stem: ucla.yaml + ucla_cpu.yaml + ablation/baseline.yaml -> ucla-cpu-baseline
+        values_i = _read_yaml(Path(path).resolve())
+        names = [str(values_i["name"])] if "name" in values_i else names + [Path(path).stem]
+        merged = merge(merged, values_i)
+    if paths:
+        merged["name"] = "-".join(str(n) for n in names)
     if values:
         merged = merge(merged, values)
     for text in overrides:
-        merged = merge(merged, parse_override(text))
-    if paths:  # e.g. "ucla-baseline" for --config configs/ucla.yaml --config ablation/baseline.yaml
-        merged["name"] = "-".join([str(merged.get("name", Path(paths[0]).stem))] +
-                                  [Path(p).stem for p in paths[1:]])
+        merged = apply_override(merged, text)
     cfg = _build(Config, merged)
     validate(cfg)
     return cfg

@@ -1,5 +1,5 @@
 """Backbones (CTR-GCN, ST-GCN), the skeleton graph and the model registry."""
 
-from .registry import Recognizer, create_model, list_models, register_model
+from .registry import Recognizer, create_model, list_models, model_options, register_model
 
-__all__ = ["Recognizer", "create_model", "list_models", "register_model"]
+__all__ = ["Recognizer", "create_model", "list_models", "model_options", "register_model"]

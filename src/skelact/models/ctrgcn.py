@@ -1,20 +1,21 @@
 """CTR-GCN (Chen et al., ICCV 2021), METHODS.md §4, in one file, fused for speed and memory.
 
 Numerically the specified model (same layers, initialisation and parameter count as the released code;
-``bench/reference_ctrgcn.py`` maps weights 1:1 and ``tests/test_reference_equivalence.py`` checks it),
-computed differently:
+``bench/reference_ctrgcn.py`` maps weights 1:1 and ``tests/test_reference_equivalence.py`` checks
+outputs and gradients), computed differently:
 
 * activations are channels-last (N·M, C, T, V) tensors (memory order T, V, C), so every 1x1 convolution
-  is one large GEMM;
-* the three CTRGC subsets share one 1x1 projection for conv1/conv2 and it is applied *after* the temporal
-  mean (a 1x1 conv commutes with the mean over T), i.e. on (N·M, C, V) instead of (N·M, C, T, V);
-* conv3 -> channel-wise aggregation ``out[n,c,t,u] = sum_k sum_v R_k[n,c,u,v] x3_k[n,c,t,v]`` and
-  conv4 (-> ``R_k``) run in one autograd function, :class:`CTRAggregate`, that keeps only the unit input
-  and the small (N·M, K, rel, V, V) tanh map for backward and recomputes ``x3_k`` and ``R_k`` there, one
-  subset at a time (the reference keeps three (C, T, V) ``x3`` and six (C, V, V) maps per unit);
+  is one large GEMM and BN / ReLU / temporal convs use oneDNN's fast NHWC kernels;
+* conv1/conv2 of the three CTRGC subsets are one (K·2·rel, C) projection applied *after* the temporal
+  mean (a 1x1 conv commutes with the mean over T): on (N·M, C, V) instead of (N·M, C, T, V);
+* conv3, conv4 and the channel-wise aggregation ``out[n,c,t,u] = sum_k sum_v R_k[n,c,u,v] x3_k[n,c,t,v]``
+  of all subsets are one autograd function, :class:`CTRAggregate`: single GEMMs in channel-major layout,
+  biases folded into GEMMs, and only the unit input and the small tanh map kept for backward (``x3_k``
+  and ``R_k`` are recomputed there, one subset at a time; the reference keeps three (C, T, V) ``x3`` and
+  six (C, V, V) maps per unit);
 * ``alpha`` is folded into conv4's weight and bias (``alpha·(W m + b) = (alpha W) m + alpha b``);
-* the first 1x1 convolutions of the four temporal branches are one convolution; the per-branch BNs are
-  one BN over the concatenated channels (BN is per channel, so this is the same function).
+* the first 1x1 convolutions of temporal branches 1-3 are one convolution, and BNs that act on
+  concatenated branches are one BN (BN is per channel, so this is the same function).
 
 Shapes: N batch, C channels, T frames, V joints (U = V as the output joint), M persons, K = 3 subsets.
 """
@@ -26,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 CL = torch.channels_last
 
@@ -48,12 +50,13 @@ class CTRAggregate(torch.autograd.Function):
     Inputs: x (B, Ci, T, V) channels-last; m (K, rel, B, V, V); w3 (K, C, Ci); b3 (K, C); w4 (K, C, rel);
     b4 (K, C); A (K, V, V). Output (B, C, T, V) channels-last.
 
-    Inside, tensors are channel-major: ``x3_k`` is one GEMM ``W3_k @ x^T`` -> (C, B·T·V) and ``R_k`` one GEMM
-    ``[W4_k | b4_k | 1] @ [m_k; 1; A_k]`` -> (C, B·V·V), so the aggregation is a batched (T, V) @ (V, U)
-    product over the C·B pairs and every weight gradient is a single GEMM. b3 never costs a pass over a
-    big tensor: its contribution ``b3_k[c] · sum_v R_k[c,b,u,v]`` is constant over t and initialises
-    ``out`` (and is corrected for on small tensors in backward). Only x and m are saved; x3_k and R_k are
-    recomputed in backward one subset at a time, in reused buffers.
+    Inside, tensors are channel-major: ``x3_k`` is one GEMM ``W3_k @ x^T`` -> (C, B·T·V) and ``R_k``
+    one GEMM ``[W4_k | b4_k | 1] @ [m_k; 1; A_k]`` -> (C, B·V·V), so the aggregation is a batched
+    (T, V) @ (V, U) product over the C·B pairs and every weight gradient is a single GEMM. b3 never costs
+    a pass over a big tensor: its contribution ``b3_k[c] · sum_v R_k[c,b,u,v]`` is constant over t and
+    initialises ``out`` (and is corrected for on small tensors in backward). Only x and m are saved;
+    x3_k and R_k are recomputed in backward one subset at a time, in reused buffers. Under autocast the
+    function runs in the autocast dtype.
     """
 
     @staticmethod
@@ -61,12 +64,34 @@ class CTRAggregate(torch.autograd.Function):
         """m_aug (K, rel+2, B·V·V) = [m; 1; A], w4_aug (K, C, rel+2) = [W4 | b4 | 1]."""
         k_sub, rel, b, v, _ = m.shape
         one = m.new_ones(k_sub, 1, b, v * v)
-        m_aug = torch.cat([m.reshape(k_sub, rel, b, v * v), one, A.reshape(k_sub, 1, 1, v * v).expand_as(one)], 1)
+        a = A.reshape(k_sub, 1, 1, v * v).expand_as(one)
+        m_aug = torch.cat([m.reshape(k_sub, rel, b, v * v), one, a], 1)
         w4_aug = torch.cat([w4, b4[..., None], torch.ones_like(b4)[..., None]], 2)
         return m_aug.view(k_sub, rel + 2, b * v * v), w4_aug
 
     @staticmethod
+    def _compute_dtype(x):
+        dev = x.device.type
+        if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+            return torch.get_autocast_dtype(dev)
+        return x.dtype
+
+    @staticmethod
     def forward(ctx, x, m, w3, b3, w4, b4, A):
+        ctx.dtype = CTRAggregate._compute_dtype(x)  # under autocast: its dtype; the GEMMs use out=
+        with torch.autocast(x.device.type, enabled=False):
+            out = CTRAggregate._forward(*(a.to(ctx.dtype) for a in (x, m, w3, b3, w4, b4, A)))
+        ctx.save_for_backward(x, m, w3, b3, w4, b4, A)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        with torch.autocast(g.device.type, enabled=False):
+            return CTRAggregate._backward(g.to(ctx.dtype), *(a.to(ctx.dtype) for a in ctx.saved_tensors))
+
+    @staticmethod
+    def _forward(x, m, w3, b3, w4, b4, A):
         b, ci, t, v = x.shape
         k_sub, c = w3.shape[:2]
         x_rows = x.permute(0, 2, 3, 1).reshape(b * t * v, ci)  # a view for channels-last x
@@ -79,12 +104,10 @@ class CTRAggregate(torch.autograd.Function):
             torch.mm(w3[k], x_rows.t(), out=x3)  # x3_k without bias: (C, B·T·V)
             torch.mm(w4_aug[k], m_aug[k], out=r)  # R_k: (C, B·U·V)
             out.baddbmm_(x3.view(c * b, t, v), r.view(c * b, v, v).transpose(1, 2))  # (T,V)@(V,U) per (c,b)
-        ctx.save_for_backward(x, m, w3, b3, w4, b4, A)
         return out.view(c, b * t * v).t().contiguous().view(b, t, v, c).permute(0, 3, 1, 2)
 
     @staticmethod
-    def backward(ctx, g):
-        x, m, w3, b3, w4, b4, A = ctx.saved_tensors
+    def _backward(g, x, m, w3, b3, w4, b4, A):
         b, ci, t, v = x.shape
         k_sub, c = w3.shape[:2]
         rel = m.shape[1]
@@ -151,13 +174,14 @@ class CTRGraphConv(nn.Module):
             self.down = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, _, v = x.shape
+        b, _, t, v = x.shape
         k_sub, rel = self.PA.shape[0], self.rel
-        q = F.linear(x.mean(2).transpose(1, 2), self.w12, self.b12)  # (B, V, K·2·rel)
+        # conv1/conv2 on the temporal mean; sum then scale the weight, so backward is a broadcast, not a pass
+        q = F.linear(x.sum(2).transpose(1, 2), self.w12 / t, self.b12)  # (B, V, K·2·rel)
         q = q.view(b, v, k_sub, 2, rel).permute(2, 3, 4, 0, 1)  # (K, 2, rel, B, V)
         m = torch.tanh(q[:, 0, :, :, :, None] - q[:, 1, :, :, None, :]).contiguous()  # (K, rel, B, U, V)
         y = CTRAggregate.apply(x, m, self.w3, self.b3, self.w4 * self.alpha, self.b4 * self.alpha, self.PA)
-        return F.relu(self.bn(y) + self.down(x))
+        return (self.bn(y) + self.down(x)).relu_()
 
 
 class MultiScaleTCN(nn.Module):
@@ -189,7 +213,7 @@ class MultiScaleTCN(nn.Module):
                 nn.init.zeros_(mod.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        *a, a_pool = F.relu(self.pw_bn(self.pw(x))).split(self.bc, 1)  # 3 x (B, bc, T, V)
+        *a, a_pool = self.pw_bn(self.pw(x)).relu_().split(self.bc, 1)  # 3 x (B, bc, T, V)
         outs = [conv(ai) for ai, conv in zip(a, self.dconv)]
         outs.append(F.max_pool2d(a_pool, (3, 1), (self.stride, 1), (1, 0)))
         outs.append(self.pw4(x))
@@ -208,13 +232,14 @@ class CTRUnit(nn.Module):
         elif c_in == c_out and stride == 1:
             self.residual = nn.Identity()
         else:
-            self.residual = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=(stride, 1)), nn.BatchNorm2d(c_out))
+            self.residual = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=(stride, 1)),
+                                          nn.BatchNorm2d(c_out))
             _kaiming_fan_out(self.residual[0].weight, c_out)
             nn.init.zeros_(self.residual[0].bias)
 
     def forward(self, x):
         y = self.tcn(self.gcn(x))
-        return F.relu(y if self.residual is None else y + self.residual(x))
+        return (y if self.residual is None else y + self.residual(x)).relu_()
 
 
 class CTRGCN(nn.Module):

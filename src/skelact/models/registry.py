@@ -7,6 +7,7 @@ Training-only heads (FR-Head, STD-CL) live in :mod:`skelact.heads`, never in the
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -32,6 +33,14 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_options(name: str) -> list[str]:
+    """Keyword options of model ``name`` (besides layout, num_classes, in_channels, num_persons)."""
+    if name not in _MODELS:
+        raise SkelactError(f"model: unknown model {name!r}; known: {', '.join(list_models())}")
+    return [p for p in inspect.signature(_MODELS[name]).parameters
+            if p not in ("layout", "num_classes", "in_channels", "num_persons")]
+
+
 class Recognizer(nn.Module):
     """backbone + dropout + Linear: (N, C, T, V, M) -> logits (N, K).
 
@@ -46,7 +55,8 @@ class Recognizer(nn.Module):
         self.layout = layout
         self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.classifier = nn.Linear(backbone.feature_dim, num_classes)
-        nn.init.normal_(self.classifier.weight, 0.0, math.sqrt(2.0 / num_classes) if init_std is None else init_std)
+        std = math.sqrt(2.0 / num_classes) if init_std is None else init_std
+        nn.init.normal_(self.classifier.weight, 0.0, std)
         nn.init.zeros_(self.classifier.bias)
         self.config: dict = {}  # filled by create_model: name, layout, num_classes, in_channels, ...
 
@@ -58,9 +68,10 @@ class Recognizer(nn.Module):
     def num_classes(self) -> int:
         return self.classifier.out_features
 
-    def tap_shapes(self, T: int) -> dict[str, tuple[int, int, int]]:
-        """{tap: (C, T_s, V)} of ``feats[tap]`` for clips of T frames (what FR-Head heads are sized from)."""
-        return self.backbone.tap_shapes(T)
+    def tap_shapes(self, T: int, V: int | None = None) -> dict[str, tuple[int, int, int]]:
+        """{tap: (C, T_s, V)} of ``feats[tap]`` for clips of T frames (what FR-Head heads are sized from);
+        computed from the architecture, no forward pass (so no BN statistics are touched)."""
+        return self.backbone.tap_shapes(T, V)
 
     def check_input(self, x: torch.Tensor) -> None:
         bb = self.backbone
@@ -92,15 +103,17 @@ class Recognizer(nn.Module):
 
 def create_model(name: str, layout: str | Layout = "ntu25", num_classes: int = 60, in_channels: int = 3,
                  num_persons: int = 1, **options) -> Recognizer:
-    """Build registered model ``name`` for a skeleton layout; ``options`` go to the factory
-    (an unknown option raises TypeError)."""
-    if name not in _MODELS:
-        raise SkelactError(f"model: unknown model {name!r}; known: {', '.join(list_models())}")
+    """Build registered model ``name`` for a skeleton layout; ``options`` go to the factory.
+    Unknown names, layouts and options raise :class:`SkelactError` naming the valid values."""
+    valid = model_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise SkelactError(f"model.{unknown[0]}: unknown option for {name} (valid: {', '.join(valid)})")
     try:
         layout = get_layout(layout)
     except ValueError as e:
         raise SkelactError(f"model: {e}") from None
-    for key, val in (("num_classes", num_classes), ("in_channels", in_channels), ("num_persons", num_persons)):
+    for key, val in dict(num_classes=num_classes, in_channels=in_channels, num_persons=num_persons).items():
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise SkelactError(f"model: {key} must be a positive integer, got {val!r}")
     model = _MODELS[name](layout=layout, num_classes=num_classes, in_channels=in_channels,
@@ -129,7 +142,8 @@ def stgcn(layout, num_classes, in_channels, num_persons, dropout: float = 0.0, t
 
 @register_model
 def stgcn_quarter(layout, num_classes, in_channels, num_persons, dropout: float = 0.0,
-                  tcn_dropout: float = 0.5, hidden_dim: int = 256, edge_importance: bool = True) -> Recognizer:
+                  tcn_dropout: float = 0.5, hidden_dim: int = 256,
+                  edge_importance: bool = True) -> Recognizer:
     """SkeletonCLR / CrosSCLR encoder (§3.1): ST-GCN at 1/4 width, 16,16,16,16,32,32,32,64,64,256."""
     return stgcn(layout, num_classes, in_channels, num_persons, dropout=dropout, tcn_dropout=tcn_dropout,
                  width=0.25, hidden_dim=hidden_dim, edge_importance=edge_importance)

@@ -35,7 +35,8 @@ def _init(module: nn.Module) -> None:
 
 
 class STGCNUnit(nn.Module):
-    """(B, C_in, T, V) -> (B, C_out, T/s, V); ``A`` (K, V, V) is a buffer, ``importance`` its learnable mask."""
+    """(B, C_in, T, V) -> (B, C_out, T/s, V); ``A`` (K, V, V) is a buffer, ``importance`` its learnable
+    mask (a constant buffer of ones with ``edge_importance=False``)."""
 
     def __init__(self, c_in, c_out, A, stride=1, residual=True, dropout=0.0, kernel_size=9,
                  edge_importance=True):
@@ -62,10 +63,11 @@ class STGCNUnit(nn.Module):
         """(B, C_in, T, V) -> (B, C_out, T, V): sum_k sum_v (A_k ⊙ E_k)[u, v] (W_k x)[..., v]."""
         b, _, t, v = x.shape
         k_sub = self.A.shape[0]
-        y = self.gcn(x.contiguous(memory_format=torch.channels_last))  # (B, K·C, T, V), memory (B, T, V, K·C)
+        y = self.gcn(x.contiguous(memory_format=torch.channels_last))  # (B, K·C, T, V) channels-last
         c = y.shape[1] // k_sub
         a = (self.A * self.importance).permute(1, 2, 0).reshape(v, v * k_sub)  # a[u, (v, k)] = A_k[u, v]
-        y = torch.bmm(a.expand(b * t, -1, -1), y.permute(0, 2, 3, 1).reshape(b * t, v * k_sub, c))  # (B·T, U, C)
+        y = y.permute(0, 2, 3, 1).reshape(b * t, v * k_sub, c)  # a view: rows (v, k), columns c
+        y = torch.bmm(a.expand(b * t, -1, -1), y)  # (B·T, U, C)
         return y.view(b, t, v, c).permute(0, 3, 1, 2)
 
     def forward(self, x):
