@@ -75,3 +75,25 @@ def test_compare_cli_prints_and_writes(tmp_path, capsys):
     assert written.is_file() and "improved" in written.read_text()
     assert main(["compare", str(tmp_path / "ctrgcn"), str(tmp_path / "nope")]) == 2
     assert "no such run" in capsys.readouterr().err
+
+
+def test_summarize_groups_seeds(tmp_path, capsys):
+    import json
+    from skelact.cli import main as cli
+    from skelact.compare import summarize
+    base = {"dataset": "nw_ucla", "split": "xview", "stream": "j", "model": "ctrgcn", "epochs": 16}
+    for name, seed, top1, heads in (("ucla-s0", 0, 90.0, ["frhead"]), ("ucla-s1", 1, 92.0, ["frhead"]),
+                                    ("ucla-s2", 2, 94.0, ["frhead"]),
+                                    ("ucla-baseline-s0", 0, 89.0, [])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {**base, "seed": seed, "top1": top1, "top5": 99.0, "heads": heads}))
+    rows = {r["setup"]: r for r in summarize(sorted(tmp_path.iterdir()))}
+    assert rows["ucla"]["n"] == 3 and rows["ucla"]["top1_mean"] == pytest.approx(92.0)
+    assert rows["ucla"]["top1_std"] == pytest.approx(2.0)  # sample std of 90, 92, 94
+    assert rows["ucla-baseline"]["n"] == 1
+    assert cli(["summarize", *map(str, sorted(tmp_path.iterdir()))]) == 0
+    assert "92.00 ± 2.00" in capsys.readouterr().out
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(SkelactError, match="not a finished run"):
+        summarize([tmp_path / "unfinished"])

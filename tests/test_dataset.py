@@ -199,3 +199,22 @@ def test_real_nw_ucla(shared_data, tmp_path):
                     assert x.abs().max() <= 1 + 1e-6
     train = SkeletonDataset(store, split="xview", part="train", protocol="ucla", window=52)
     assert set(SkeletonStore(store).index["view"][train.sample_indices]) <= {1, 2}
+
+
+def test_2d_layouts_get_no_3d_geometry(tmp_path):
+    """coco17 stores (x, y, score): default train augmentation skips 3-D rotation / bone scaling
+    (which would mix the score into the coordinates); asking for them explicitly is an error."""
+    rng = np.random.default_rng(0)
+    with StoreWriter(tmp_path / "coco", dataset="t", layout="coco17", class_names=["a", "b"],
+                     max_persons=1, splits={"s": {"column": "subject", "train": [1]}}) as w:
+        for i in range(4):
+            w.add(f"c{i}", rng.random((20, 17, 3)), i % 2, subject=1 + i % 2)
+        w.commit()
+    train = SkeletonDataset(tmp_path / "coco", split="s", protocol="ntu", window=16, train=True)
+    plain = SkeletonDataset(tmp_path / "coco", split="s", protocol="ntu", window=16, train=True,
+                            augment=False)
+    assert train.augment == {}
+    torch.testing.assert_close(train[0][0], plain[0][0])  # same crop, no geometry on (x, y, score)
+    with pytest.raises(SkelactError, match="2-D"):
+        SkeletonDataset(tmp_path / "coco", split="s", protocol="ntu", train=True,
+                        augment={"rotate": 0.3})

@@ -6,11 +6,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from skelact.cli import main as cli
 from skelact.engine.checkpoint import load_checkpoint
@@ -104,7 +102,7 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic_store, tmp_path):
 
 
 def test_ddp_two_processes_match_one(synthetic_store, tmp_path):
-    args = [*sets(synthetic_store, ["model.options={width: 0.25, dropout: 0.0}",
+    args = [*sets(synthetic_store, ["model.options={width: 0.25, tcn_dropout: 0.0}",
                                      "heads=[{name: frhead}]", "threads=1"]), "--epochs", "2"]
     single, double = tmp_path / "single", tmp_path / "double"
     assert run_cli(["train", *args, "--out", str(single)]).returncode == 0

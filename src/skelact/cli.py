@@ -94,6 +94,11 @@ def cmd_compare(args) -> None:
     compare_command(args)
 
 
+def cmd_summarize(args) -> None:
+    from .compare import summarize_command
+    summarize_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skelact", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_b")
     sp.add_argument("--top", type=int, default=10)
     sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("summarize", help="mean ± std of finished runs over seeds, one row per setup")
+    sp.add_argument("runs", nargs="+")
+    sp.set_defaults(func=cmd_summarize)
     return p
 
 

@@ -140,3 +140,44 @@ def compare_command(args) -> None:
         print(f"note: could not write {out} ({e.strerror or e})", file=sys.stderr)
         return
     print(f"\nwrote {out}")
+
+
+def summarize(run_dirs: list[str | Path]) -> list[dict]:
+    """Mean ± sample std of test top-1/top-5 over seeds, one row per setup.
+
+    Runs are grouped by everything in their ``summary.json`` that is not the seed (run name without its
+    seed suffix, dataset, split, stream, model, heads, epochs), so results made at different times
+    aggregate; a run without ``summary.json`` (unfinished) is refused.
+    """
+    import json
+    groups: dict[tuple, list[dict]] = {}
+    for run in map(Path, run_dirs):
+        path = run / "summary.json"
+        if not path.is_file():
+            raise SkelactError(f"{run}: no summary.json (not a finished run)")
+        s = json.loads(path.read_text())
+        name = re.sub(r"-s\d+(-\d+)?$", "", run.name)
+        key = (name, s.get("dataset"), s.get("split"), s.get("stream"), s.get("model"),
+               "+".join(s.get("heads") or []) or "-", s.get("epochs"))
+        groups.setdefault(key, []).append(s)
+    rows = []
+    for key, runs in groups.items():
+        top1 = np.array([r["top1"] for r in runs])
+        top5 = np.array([r["top5"] for r in runs])
+        std = (lambda a: float(a.std(ddof=1)) if a.size > 1 else float("nan"))
+        rows.append(dict(zip(("setup", "dataset", "split", "stream", "model", "heads", "epochs"), key),
+                         seeds=sorted(r.get("seed") for r in runs), n=len(runs),
+                         top1_mean=float(top1.mean()), top1_std=std(top1),
+                         top5_mean=float(top5.mean()), top5_std=std(top5)))
+    return rows
+
+
+def summarize_command(args) -> None:
+    rows = summarize(args.runs)
+    print("| setup | split | stream | heads | epochs | seeds | top-1 % (mean ± std) | top-5 % |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        pm = (lambda m, s: f"{m:.2f} ± {s:.2f}" if not np.isnan(s) else f"{m:.2f} (1 seed)")
+        print(f"| {r['setup']} | {r['split']} | {r['stream']} | {r['heads']} | {r['epochs']} | "
+              f"{','.join(map(str, r['seeds']))} | {pm(r['top1_mean'], r['top1_std'])} | "
+              f"{pm(r['top5_mean'], r['top5_std'])} |")

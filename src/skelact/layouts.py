@@ -21,7 +21,8 @@ class Layout:
     edges: tuple[tuple[int, int], ...]  # 0-based (child, parent)
     center: int  # 0-based root of the bone tree
     left_right: tuple[tuple[int, int], ...]  # 0-based (left joint, right joint)
-    channels: int = 3  # coordinates per joint: xyz, or (x, y, score) for 2-D pose estimators
+    channels: int = 3  # values per joint: xyz, or (x, y, score) for 2-D pose estimators
+    coords: int = 3  # how many of them are spatial coordinates (3-D Kinect: 3; 2-D estimators: 2)
     parents: tuple[int, ...] = field(init=False)
 
     def __post_init__(self):
@@ -137,6 +138,7 @@ COCO17 = Layout(
     center=0,
     left_right=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
     channels=3,
+    coords=2,
 )
 
 # OpenPose BODY-18 (COCO order with a neck), rooted at the neck.
@@ -152,6 +154,7 @@ OPENPOSE18 = Layout(
     center=1,
     left_right=((5, 2), (6, 3), (7, 4), (11, 8), (12, 9), (13, 10), (15, 14), (17, 16)),
     channels=3,
+    coords=2,
 )
 
 LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (NTU25, UCLA20, COCO17, OPENPOSE18)}

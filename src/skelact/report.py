@@ -10,9 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 
 from . import metrics
 from .errors import SkelactError
+from .fileio import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
 SCORE_KEYS = ("names", "labels", "scores", "class_names")
 
@@ -121,24 +120,6 @@ def validate_scores(data: dict, where: str) -> dict:
                            f"{counts[counts > 1][0]} times); scores are aligned by id, so ids must be unique")
     return {"names": names, "labels": labels.astype(np.int64),
             "scores": scores.astype(np.float32, copy=False), "class_names": class_names.astype(str)}
-
-
-# ------------------------------------------------------------------------------------ atomic writes
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_scores(path, names, labels, scores, class_names) -> None:

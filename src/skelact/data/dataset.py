@@ -66,9 +66,12 @@ class SkeletonDataset(Dataset):
                                f"but the store has {self._store.meta.get('num_joints')} joints and "
                                f"layout {self.layout.name} has {self.layout.num_joints}")
         self.augment = resolve_augment(self.protocol, augment) if train else {}
-        if {"rotate", "rotate_deg"} & self.augment.keys() and self.layout.channels != 3:
-            raise SkelactError(f"dataset: rotation augmentation needs 3-D coordinates; layout "
-                               f"{self.layout.name} has {self.layout.channels} channels")
+        geometric = {"rotate", "rotate_deg", "bone_scale", "scale"} & self.augment.keys()
+        if geometric and self.layout.coords != 3:  # (x, y, score): 3-D geometry would mix in the score
+            if isinstance(augment, dict) and geometric & augment.keys():
+                raise SkelactError(f"dataset: {', '.join(sorted(geometric))} augmentation needs 3-D "
+                                   f"coordinates; layout {self.layout.name} is 2-D (x, y, score)")
+            self.augment = {k: v for k, v in self.augment.items() if k not in geometric}
         self.window, self.stream, self.train = int(window), stream, bool(train)
         self.seed, self.repeat = int(seed), int(repeat)
         # The epoch lives in shared memory so that DataLoader workers, persistent ones included, see

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadSample, SkelactError
+from ..fileio import atomic_write_bytes
 from ..layouts import Layout, get_layout
 
 FORMAT = "skelact-store"
@@ -58,15 +59,6 @@ def check_clip(frames: np.ndarray, layout: Layout, max_persons: int) -> np.ndarr
     if not np.isfinite(frames).all():
         raise BadSample("NaN or infinite coordinates")
     return frames
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def apply_split_rule(rule: dict, columns: dict[str, np.ndarray], part: str) -> np.ndarray:
@@ -182,7 +174,7 @@ class StoreWriter:
             np.savez(f, **index)
         self.meta.update(num_samples=len(self), num_classes=len(self.meta["class_names"]),
                          total_frames=int(lengths.sum()))
-        _atomic_write_bytes(self._tmp / "meta.json", json.dumps(self.meta, indent=1).encode())
+        atomic_write_bytes(self._tmp / "meta.json", json.dumps(self.meta, indent=1).encode())
         if self.out.exists():  # replace an old store: move it aside first, delete after the swap
             old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
             os.replace(self.out, old)

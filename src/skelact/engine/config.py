@@ -61,7 +61,7 @@ class OptimConfig:
 
 @dataclass
 class Config:
-    name: str = "synthetic-ctrgcn-frhead"
+    name: str = ""  # run name; empty: "<dataset dir>-<model>-<heads>"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     heads: list[HeadConfig] = field(default_factory=lambda: [HeadConfig()])
@@ -196,6 +196,9 @@ def load_config(paths: str | list[str] | None = None, overrides: list[str] = (),
     for text in overrides:
         merged = apply_override(merged, text)
     cfg = _build(Config, merged)
+    if not cfg.name:
+        cfg.name = "-".join([Path(cfg.data.path).name or "data", cfg.model.name,
+                             *(h.name for h in cfg.heads)])
     validate(cfg)
     return cfg
 

@@ -46,8 +46,7 @@ def evaluate(ckpt: dict, data: str | None = None, split: str | None = None, devi
 
 
 def evaluate_command(args) -> None:
-    from ..report import build_report, write_report
-    from .train import save_scores
+    from ..report import build_report, save_scores, write_report
     target = Path(args.target)
     ckpt = load_checkpoint(target)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

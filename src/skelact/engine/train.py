@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from ..errors import SkelactError
 from . import distributed as ddp
-from .checkpoint import FORMAT, load_checkpoint, save_atomic, write_text_atomic
+from ..fileio import atomic_torch_save, atomic_write_text
+from .checkpoint import FORMAT, load_checkpoint
 from .config import Config, dump, load_config
 
 
@@ -213,12 +214,15 @@ def default_run_dir(cfg: Config) -> Path:
 def resolve(args) -> tuple[Config, Path, dict | None]:
     """Config, run directory and the checkpoint to resume from (if any), from CLI arguments."""
     if args.resume:
+        extra = [f"--{k}" for k in ("config", "set", "epochs", "out", "seed") if getattr(args, k)]
+        if extra:
+            raise SkelactError(f"--resume continues a run with its own config; drop {', '.join(extra)}")
         out = Path(args.resume)
         if not (out / "config.yaml").is_file():
             raise SkelactError(f"{out}: not a run directory (no config.yaml)")
         if (out / "summary.json").is_file():
             raise SkelactError(f"{out}: this run already finished (summary.json exists)")
-        cfg = load_config(str(out / "config.yaml"))
+        cfg = load_config(str(out / "config.yaml"), [f"device={args.device}"] if args.device else [])
         last = out / "checkpoints" / "last.pt"
         return cfg, out, load_checkpoint(last) if last.is_file() else None
     values = {}
@@ -250,6 +254,7 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
     device = torch.device("cuda" if cfg.device == "cuda" or
                           (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     d = ddp.setup(device.type)
+    out = Path(ddp.broadcast_object(d, str(out)))  # rank 0's choice of the default run directory
     if device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
@@ -280,10 +285,10 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
     if d.is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         if resume is None:
-            write_text_atomic(out / "config.yaml", dump(cfg))
+            atomic_write_text(out / "config.yaml", dump(cfg))
         # a run killed after logging an epoch but before its checkpoint re-runs that epoch
-        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        write_text_atomic(out / "env.json", json.dumps(environment(device, d), indent=1))
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        atomic_write_text(out / "env.json", json.dumps(environment(device, d), indent=1))
         print(f"run directory: {out}  ({len(train_ds)} training clips/epoch, {len(test_ds)} test, "
               f"{sum(p.numel() for p in model.parameters()):,} model parameters, "
               f"{'+'.join(h.name for h in cfg.heads) or 'no heads'}, device {device}"
@@ -343,10 +348,10 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
                 best = {"val_top1": row["val_top1"], "epoch": epoch + 1}
             ckpt = checkpoint_dict(cfg, spec, store, train_ds, model, heads, opt, epoch, history, best)
             if improved:
-                save_atomic(ckpt, out / "checkpoints" / "best.pt")
+                atomic_torch_save(ckpt, out / "checkpoints" / "best.pt")
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            save_atomic(ckpt, out / "checkpoints" / "last.pt")
+            atomic_torch_save(ckpt, out / "checkpoints" / "last.pt")
             msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in row.items())
             tqdm.write(msg)
@@ -384,7 +389,7 @@ def finish(cfg, out, d, device, store, val_ds, test_ds, model, history, best, pe
         val_scores = predict(model, eval_loader(val_ds, cfg, d, per_rank * 2), device, d, cfg.amp)
     if not d.is_main:
         return {}
-    from ..report import build_report, write_report
+    from ..report import build_report, save_scores, write_report
     labels = store.labels[ids.numpy()]
     names = store.names[ids.numpy()]
     scores = logits.numpy().astype(np.float32)
@@ -405,17 +410,9 @@ def finish(cfg, out, d, device, store, val_ds, test_ds, model, history, best, pe
         "best_val": best if best["epoch"] is not None else None,
         "seconds_per_epoch": round(float(np.mean(epoch_times)), 2) if epoch_times else None,
     }
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     print_summary(out, summary, history, report)
     return summary
-
-
-def save_scores(path, names, labels, scores, class_names) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, names=np.asarray(names, dtype=str), labels=np.asarray(labels, dtype=np.int64),
-                 scores=scores, class_names=np.asarray(class_names, dtype=str))
-    os.replace(tmp, path)
 
 
 def print_summary(out, summary, history, report) -> None:
