@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .taps import TAPS, run_units
+
 CL = torch.channels_last
 
 # (C_in, C_out, temporal stride) of the 10 units; C_in of the first is the input's channels
 UNITS = ((None, 64, 1), (64, 64, 1), (64, 64, 1), (64, 64, 1), (64, 128, 2), (128, 128, 1),
          (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 256, 1))
-TAPS = {"low": 0, "mid": 4, "high": 7, "final": 9}  # tap name -> index of the unit it follows
 
 
 def _kaiming_fan_out(w: torch.Tensor, fan_out: int) -> None:
@@ -275,10 +276,4 @@ class CTRGCN(nn.Module):
         n, c, t, v, m = x.shape
         x = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t))  # BN over (M, V, C) channels
         x = x.view(n, m, v, c, t).permute(0, 1, 4, 2, 3).reshape(n * m, t, v, c).permute(0, 3, 1, 2)
-        out = {}
-        for i, unit in enumerate(self.units):
-            x = unit(x)
-            if taps and i in TAPS.values():
-                out.update({name: x for name, j in TAPS.items() if j == i})
-        pooled = x.mean((2, 3)).view(n, m, -1).mean(1)
-        return pooled, out
+        return run_units(self.units, x, n, m, taps)

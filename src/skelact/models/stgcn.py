@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .taps import TAPS, run_units
+
 WIDTHS = (64, 64, 64, 64, 128, 128, 128, 256, 256)  # units 1-9 at width 1; unit 10 maps to hidden_dim
 STRIDES = (1, 1, 1, 1, 2, 1, 1, 2, 1, 1)
-TAPS = {"low": 0, "mid": 4, "high": 7, "final": 9}
 
 
 def _init(module: nn.Module) -> None:
@@ -114,10 +115,4 @@ class STGCN(nn.Module):
         n, c, t, v, m = x.shape
         x = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t))  # BN over (V, C) per person
         x = x.view(n * m, v, c, t).permute(0, 3, 1, 2).contiguous().permute(0, 3, 1, 2)  # channels-last
-        out = {}
-        for i, unit in enumerate(self.units):
-            x = unit(x)
-            if taps and i in TAPS.values():
-                out.update({name: x for name, j in TAPS.items() if j == i})
-        pooled = x.mean((2, 3)).view(n, m, -1).mean(1)
-        return pooled, out
+        return run_units(self.units, x, n, m, taps)
