@@ -13,7 +13,8 @@ Measured per shape (NW-UCLA (3, 52, 20, 1), 10 classes; NTU (3, 64, 25, 2), 60 c
   saved_tensors_hooks pack hook; parameters excluded), and the peak-RSS growth (Linux VmHWM after a
   reset through /proc/self/clear_refs) of a fresh process that runs two training steps of one model
   (an OS-level cross-check: it also sees transient buffers, gradients and allocator slack);
-- inference latency at batch 1 (eval mode, inference_mode), median over interleaved runs.
+- inference latency at batch 1 (eval mode, inference_mode), median over interleaved runs, also of the
+  fast model with its BatchNorms folded (skelact.models.fold_batchnorm).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch.utils import flop_counter
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_ctrgcn import ReferenceCTRGCN, load_into_fast  # noqa: E402
 
-from skelact.models import create_model  # noqa: E402
+from skelact.models import create_model, fold_batchnorm  # noqa: E402
 from skelact.models.graph import adjacency  # noqa: E402
 
 SHAPES = {"ucla": ("ucla20", 52, 1, 10), "ntu": ("ntu25", 64, 2, 60)}  # layout, T, M, classes
@@ -184,17 +185,19 @@ def bench_shape(shape: str, args) -> dict:
     x1 = x[:1]
     for m in models.values():
         m.eval()
+    infer_models = {**models, "fast_folded": fold_batchnorm(fast)}
 
     def infer(m):
         def run():
             with torch.inference_mode():
                 m(x1)
         return run
-    for m in models.values():
+    for m in infer_models.values():
         infer(m)()
-    lat = interleaved({k: infer(m) for k, m in models.items()}, args.infer_reps)
+    lat = interleaved({k: infer(m) for k, m in infer_models.items()}, args.infer_reps)
     for name in models:
         res[name]["latency_b1_ms"] = 1e3 * statistics.median(lat[name])
+    res["fast_folded_latency_b1_ms"] = 1e3 * statistics.median(lat["fast_folded"])
     # OS-level memory cross-check
     if not args.no_rss:
         for name, which in (("reference", "ref"), ("fast", "fast")):
@@ -225,8 +228,11 @@ def report(results: list[dict], peak: float) -> str:
     lines.append("")
     for res in results:
         extra = f", peak-RSS ratio {res['rss_ratio']:.2f}" if "rss_ratio" in res else ""
+        lat_r, lat_f = res["reference"]["latency_b1_ms"], res["fast"]["latency_b1_ms"]
+        lat_ff = res["fast_folded_latency_b1_ms"]
         lines.append(f"- {res['shape']}: fast/reference throughput {res['speedup']:.2f}x, saved-memory ratio "
-                     f"{res['saved_memory_ratio']:.2f}{extra}")
+                     f"{res['saved_memory_ratio']:.2f}{extra}; latency b=1: reference {lat_r:.1f} ms, "
+                     f"fast {lat_f:.1f} ms, fast with BN folded {lat_ff:.1f} ms ({lat_ff / lat_r:.2f}x)")
     return "\n".join(lines)
 
 

@@ -171,3 +171,67 @@ def test_ctrgcn_tap_shapes_match_a_forward_pass_for_odd_lengths():
         with torch.no_grad():
             _, feats = model(_input("ucla20", 1, frames, n=1), return_features=True)
         assert {k: tuple(v.shape[1:]) for k, v in feats.items() if k != "pooled"} == model.tap_shapes(frames)
+
+
+def _randomise_batchnorms(model, seed=0):
+    """Non-trivial eval statistics and affine parameters, so that folding has something to fold."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                c = bn.num_features
+                bn.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+                bn.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                bn.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    return model
+
+
+def _num_batchnorms(model):
+    return sum(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("layout,persons,frames,classes", SETTINGS)
+def test_folded_batchnorm_computes_the_same_function(name, layout, persons, frames, classes):
+    from skelact.models import fold_batchnorm
+    model = _randomise_batchnorms(_model(name, layout, persons, classes)).double().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    x = _input(layout, persons, frames, n=3).double()
+    with torch.no_grad():
+        logits, feats = model(x, return_features=True)
+        logits_f, feats_f = folded(x, return_features=True)
+    torch.testing.assert_close(logits_f, logits, atol=1e-9, rtol=1e-8)
+    for tap in feats:
+        torch.testing.assert_close(feats_f[tap], feats[tap], atol=1e-9, rtol=1e-8)
+    # the original is untouched; only input BNs and BNs that follow no linear layer remain
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # CTR-GCN keeps data_bn; ST-GCN also the BN of each unit that precedes a ReLU, not a linear layer
+    assert _num_batchnorms(folded) == (1 if name == "ctrgcn" else 1 + len(model.backbone.units))
+    with pytest.raises(SkelactError, match="folded"):
+        folded.train()
+
+
+def test_folded_ctrgcn_float32_close_and_parameters_fewer():
+    from skelact.models import fold_batchnorm
+    model = _randomise_batchnorms(_model("ctrgcn", "ucla20", 1, 10)).eval()
+    folded = fold_batchnorm(model)
+    x = _input("ucla20", 1, 52, n=4)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+    assert sum(p.numel() for p in folded.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_ctr_aggregate_gradcheck_with_output_shift():
+    from skelact.models.ctrgcn import CTRAggregate
+    g = torch.Generator().manual_seed(0)
+    b, ci, c, t, v, rel, k = 2, 3, 4, 5, 4, 2, 3
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+    x = torch.randn(b, ci, t, v, generator=g, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    args = (x, rnd(k, rel, b, v, v), rnd(k, c, ci), rnd(k, c), rnd(k, c, rel), rnd(k, c), rnd(k, v, v))
+    assert torch.autograd.gradcheck(lambda *a: CTRAggregate.apply(*a), (*args, rnd(c)))
+    assert torch.autograd.gradcheck(lambda *a: CTRAggregate.apply(*a), args)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .fold import ChannelAffine, bn_affine, fold_linear, fold_linear_bn
 from .taps import TAPS, run_units
 
 CL = torch.channels_last
@@ -49,7 +50,8 @@ class CTRAggregate(torch.autograd.Function):
     and ``R_k = W4_k m_k + b4_k + A_k`` (1x1 conv on the tanh map ``m_k``, plus the adjacency).
 
     Inputs: x (B, Ci, T, V) channels-last; m (K, rel, B, V, V); w3 (K, C, Ci); b3 (K, C); w4 (K, C, rel);
-    b4 (K, C); A (K, V, V). Output (B, C, T, V) channels-last.
+    b4 (K, C); A (K, V, V); shift (C,) or None, added to the output (a folded BN's shift, at no cost).
+    Output (B, C, T, V) channels-last.
 
     Inside, tensors are channel-major: ``x3_k`` is one GEMM ``W3_k @ x^T`` -> (C, B·T·V) and ``R_k``
     one GEMM ``[W4_k | b4_k | 1] @ [m_k; 1; A_k]`` -> (C, B·V·V), so the aggregation is a batched
@@ -78,27 +80,33 @@ class CTRAggregate(torch.autograd.Function):
         return x.dtype
 
     @staticmethod
-    def forward(ctx, x, m, w3, b3, w4, b4, A):
+    def forward(ctx, x, m, w3, b3, w4, b4, A, shift=None):
         ctx.dtype = CTRAggregate._compute_dtype(x)  # under autocast: its dtype; the GEMMs use out=
         with torch.autocast(x.device.type, enabled=False):
-            out = CTRAggregate._forward(*(a.to(ctx.dtype) for a in (x, m, w3, b3, w4, b4, A)))
+            out = CTRAggregate._forward(*(a.to(ctx.dtype) for a in (x, m, w3, b3, w4, b4, A)),
+                                        None if shift is None else shift.to(ctx.dtype))
         ctx.save_for_backward(x, m, w3, b3, w4, b4, A)
+        ctx.has_shift = shift is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         with torch.autocast(g.device.type, enabled=False):
-            return CTRAggregate._backward(g.to(ctx.dtype), *(a.to(ctx.dtype) for a in ctx.saved_tensors))
+            grads = CTRAggregate._backward(g.to(ctx.dtype), *(a.to(ctx.dtype) for a in ctx.saved_tensors))
+        g_shift = g.sum((0, 2, 3)) if ctx.has_shift and ctx.needs_input_grad[7] else None
+        return *grads, g_shift
 
     @staticmethod
-    def _forward(x, m, w3, b3, w4, b4, A):
+    def _forward(x, m, w3, b3, w4, b4, A, shift=None):
         b, ci, t, v = x.shape
         k_sub, c = w3.shape[:2]
         x_rows = x.permute(0, 2, 3, 1).reshape(b * t * v, ci)  # a view for channels-last x
         m_aug, w4_aug = CTRAggregate._aug(m, w4, b4, A)
         m_sum = m_aug.view(k_sub, -1, b * v, v).sum(3)  # sum over v: (K, rel+2, B·U)
         bias = sum(b3[k][:, None] * (w4_aug[k] @ m_sum[k]) for k in range(k_sub))  # (C, B·U)
+        if shift is not None:
+            bias = bias + shift[:, None]
         out = bias.view(c * b, 1, v).expand(c * b, t, v).contiguous()  # (C·B, T, U)
         x3, r = x.new_empty(c, b * t * v), x.new_empty(c, b * v * v)
         for k in range(k_sub):
@@ -173,6 +181,16 @@ class CTRGraphConv(nn.Module):
             nn.init.zeros_(self.down[0].bias)
         else:
             self.down = nn.Identity()
+        self.register_buffer("shift", None)  # after fold_bn: the folded BN's shift (C_out,)
+
+    @torch.no_grad()
+    def fold_bn(self) -> None:
+        """Fold ``bn`` into conv3 (the output is linear in W3, b3 per channel) and an output shift."""
+        scale, shift = bn_affine(self.bn)
+        self.w3.mul_(scale[:, None])  # w3 (K, C_out, C_in), b3 (K, C_out)
+        self.b3.mul_(scale)
+        self.shift = shift
+        self.bn = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, t, v = x.shape
@@ -181,7 +199,8 @@ class CTRGraphConv(nn.Module):
         q = F.linear(x.sum(2).transpose(1, 2), self.w12 / t, self.b12)  # (B, V, K·2·rel)
         q = q.view(b, v, k_sub, 2, rel).permute(2, 3, 4, 0, 1)  # (K, 2, rel, B, V)
         m = torch.tanh(q[:, 0, :, :, :, None] - q[:, 1, :, :, None, :]).contiguous()  # (K, rel, B, U, V)
-        y = CTRAggregate.apply(x, m, self.w3, self.b3, self.w4 * self.alpha, self.b4 * self.alpha, self.PA)
+        y = CTRAggregate.apply(x, m, self.w3, self.b3, self.w4 * self.alpha, self.b4 * self.alpha, self.PA,
+                               self.shift)
         return (self.bn(y) + self.down(x)).relu_()
 
 
@@ -205,6 +224,7 @@ class MultiScaleTCN(nn.Module):
             nn.Conv2d(bc, bc, (kernel_size, 1), stride=(stride, 1), dilation=(d, 1),
                       padding=((kernel_size + (kernel_size - 1) * (d - 1) - 1) // 2, 0)) for d in dilations)
         self.out_bn = nn.BatchNorm2d(bc * (len(dilations) + 2))
+        self.pool_affine = nn.Identity()  # after fold_bn: the pool branch's share of out_bn
         for mod in self.modules():  # every branch conv has bc output channels: fan_out = bc·k
             if isinstance(mod, nn.Conv2d):
                 _kaiming_fan_out(mod.weight, bc * mod.kernel_size[0] * mod.kernel_size[1])
@@ -213,10 +233,23 @@ class MultiScaleTCN(nn.Module):
                 nn.init.normal_(mod.weight, 1.0, 0.02)
                 nn.init.zeros_(mod.bias)
 
+    @torch.no_grad()
+    def fold_bn(self) -> None:
+        """Fold pw_bn into pw, and out_bn's slices into the branch convs; the pool branch has no
+        conv after its max-pool, so its slice stays a per-channel affine map."""
+        fold_linear_bn(self.pw, self.pw_bn)
+        scales, shifts = (t.split(self.bc) for t in bn_affine(self.out_bn))
+        for conv, scale, shift in zip([*self.dconv, None, self.pw4], scales, shifts):
+            if conv is None:
+                self.pool_affine = ChannelAffine(scale, shift)
+            else:
+                fold_linear(conv, scale, shift)
+        self.pw_bn = self.out_bn = nn.Identity()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         *a, a_pool = self.pw_bn(self.pw(x)).relu_().split(self.bc, 1)  # 3 x (B, bc, T, V)
         outs = [conv(ai) for ai, conv in zip(a, self.dconv)]
-        outs.append(F.max_pool2d(a_pool, (3, 1), (self.stride, 1), (1, 0)))
+        outs.append(self.pool_affine(F.max_pool2d(a_pool, (3, 1), (self.stride, 1), (1, 0))))
         outs.append(self.pw4(x))
         return self.out_bn(torch.cat(outs, 1))
 

@@ -60,6 +60,12 @@ class Recognizer(nn.Module):
         nn.init.zeros_(self.classifier.bias)
         self.config: dict = {}  # filled by create_model: name, layout, num_classes, in_channels, ...
 
+    def train(self, mode: bool = True):
+        if mode and getattr(self, "bn_folded", False):
+            raise SkelactError("model: this copy has its BatchNorms folded for inference and cannot be "
+                               "trained; train the original model")
+        return super().train(mode)
+
     @property
     def feature_dim(self) -> int:
         return self.backbone.feature_dim
