@@ -97,3 +97,15 @@ def test_summarize_groups_seeds(tmp_path, capsys):
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(SkelactError, match="not a finished run"):
         summarize([tmp_path / "unfinished"])
+    # the command skips unfinished runs with a note, and refuses a run passed twice (e.g. via a copy)
+    runs = sorted(map(str, tmp_path.iterdir()))
+    assert cli(["summarize", *runs]) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "unfinished" in captured.err and "92.00 ± 2.00" in captured.out
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "ucla-s1").mkdir()
+    (tmp_path / "copy" / "ucla-s1" / "summary.json").write_text(
+        (tmp_path / "ucla-s1" / "summary.json").read_text())
+    with pytest.raises(SkelactError, match="same setup and seed"):
+        summarize([tmp_path / "ucla-s1", tmp_path / "copy" / "ucla-s1"])
+    assert cli(["summarize", str(tmp_path / "unfinished")]) == 2

@@ -147,10 +147,12 @@ def summarize(run_dirs: list[str | Path]) -> list[dict]:
 
     Runs are grouped by everything in their ``summary.json`` that is not the seed (run name without its
     seed suffix, dataset, split, stream, model, heads, epochs), so results made at different times
-    aggregate; a run without ``summary.json`` (unfinished) is refused.
+    aggregate; a run without ``summary.json`` (unfinished) is refused, and so are two runs of one setup
+    with the same seed (e.g. a run and its copy in ``results/``), which would be counted twice.
     """
     import json
     groups: dict[tuple, list[dict]] = {}
+    seen: dict[tuple, Path] = {}
     for run in map(Path, run_dirs):
         path = run / "summary.json"
         if not path.is_file():
@@ -159,6 +161,10 @@ def summarize(run_dirs: list[str | Path]) -> list[dict]:
         name = re.sub(r"-s\d+(-\d+)?$", "", run.name)
         key = (name, s.get("dataset"), s.get("split"), s.get("stream"), s.get("model"),
                "+".join(s.get("heads") or []) or "-", s.get("epochs"))
+        if (key, s.get("seed")) in seen:
+            raise SkelactError(f"{run}: same setup and seed ({s.get('seed')}) as {seen[key, s.get('seed')]}; "
+                               "pass each run once")
+        seen[key, s.get("seed")] = run
         groups.setdefault(key, []).append(s)
     rows = []
     for key, runs in groups.items():
@@ -173,7 +179,12 @@ def summarize(run_dirs: list[str | Path]) -> list[dict]:
 
 
 def summarize_command(args) -> None:
-    rows = summarize(args.runs)
+    finished = [r for r in args.runs if (Path(r) / "summary.json").is_file()]
+    for r in sorted(set(args.runs) - set(finished)):
+        print(f"note: skipped {r} (no summary.json: unfinished, or not a run directory)", file=sys.stderr)
+    if not finished:
+        raise SkelactError("summarize: none of the given directories is a finished run")
+    rows = summarize(finished)
     print("| setup | split | stream | heads | epochs | seeds | top-1 % (mean ± std) | top-5 % |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
