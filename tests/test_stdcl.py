@@ -2,6 +2,7 @@
 
 import io
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -223,3 +224,28 @@ def test_banks_identical_across_gloo_ranks(tmp_path):
         torch.testing.assert_close(r0[k], head.state_dict()[k])
     torch.testing.assert_close(r0["bank_s"][4], z[1][0][2].detach())         # rank 1's copy of index 4 wins
     assert r0["filled"].sum() == 7
+
+
+def test_anchor_classes_and_training_refuses_a_head_that_never_fires(capsys):
+    from skelact.engine.train import _check_anchor_classes
+    labels = np.array([0] * 6 + [1] * 4 + [2] * 10)           # 20 training clips
+    head = _head(n_pos=5, n_hard_neg=8, n_rand_neg=4)         # needs >= 5 others of its class, >= 8 others
+    # class 0: 5 others, 14 negatives -> yes; class 1: 3 others -> no; class 2: 9 others but 10 negatives -> yes
+    assert head.anchor_classes(labels) == [0, 2]
+    assert _head(n_pos=5, n_hard_neg=11, n_rand_neg=4).anchor_classes(labels) == [0]
+    assert _head(n_pos=6, n_hard_neg=8, n_rand_neg=4, exclude_self=False).anchor_classes(labels) == [0, 2]
+    _check_anchor_classes(head, "stdcl", labels, num_classes=3)
+    assert "only 2 of 3 classes" in capsys.readouterr().out
+    with pytest.raises(SkelactError, match="loss would always be 0"):
+        _check_anchor_classes(_head(n_pos=10), "stdcl", labels, num_classes=3)
+    # the condition is the one the loss applies: a class outside anchor_classes gives exactly 0
+    bank = torch.nn.functional.normalize(torch.randn(20, 8), dim=1)
+    lab = torch.as_tensor(labels)
+    z = bank[6:7].clone().requires_grad_()                    # a class-1 anchor in its own slot
+    loss = stdcl_loss(z, lab[6:7], torch.tensor([6]), bank, lab, torch.ones(20, dtype=torch.bool),
+                      n_pos=5, n_hard_neg=8, n_rand_neg=4)
+    assert loss.item() == 0.0
+    z0 = bank[0:1].clone().requires_grad_()                   # a class-0 anchor: it fires
+    loss0 = stdcl_loss(z0, lab[0:1], torch.tensor([0]), bank, lab, torch.ones(20, dtype=torch.bool),
+                       n_pos=5, n_hard_neg=8, n_rand_neg=4)
+    assert loss0.item() > 0.0

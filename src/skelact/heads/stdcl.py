@@ -153,6 +153,15 @@ class STDCLHead(nn.Module):
         return (F.normalize(self.spatial(x.mean(dim=2)).float(), dim=1),
                 F.normalize(self.temporal(x.mean(dim=3)).float(), dim=1))
 
+    def anchor_classes(self, train_labels) -> list[int]:
+        """Classes whose clips can ever be anchors when the bank holds the training set with labels
+        ``train_labels`` (S_train,): at least n_pos other clips of the class and max(n_hard_neg,
+        n_rand_neg) clips of other classes. An empty list means the loss is always 0."""
+        counts = torch.bincount(torch.as_tensor(train_labels).long().flatten())
+        own = counts - int(self.exclude_self)
+        ok = (own >= self.n_pos) & (counts.sum() - counts >= max(self.n_hard_neg, self.n_rand_neg))
+        return [int(c) for c in torch.nonzero(ok & (counts > 0)).flatten()]
+
     @torch.no_grad()
     def write(self, index: torch.Tensor, labels: torch.Tensor, z_s: torch.Tensor, z_t: torch.Tensor) -> None:
         """Store the batch (all ranks' batches under torch.distributed) in the banks: (N,), (N,), (N, E) ×2."""
