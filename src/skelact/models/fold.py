@@ -4,8 +4,9 @@ that layer's weight and bias, removing one pass over the activations per BN.
 
 :func:`fold_batchnorm` returns an inference copy of a model. It folds every ``nn.Sequential`` pair
 (conv / linear, BN) itself and lets modules with structure of their own fold their BNs through a
-``fold_bn()`` method (CTR-GCN's graph convolution and multi-scale temporal block). BNs that follow no
-linear layer (input BNs, BN before a ReLU of a sum) are left as they are. The folded model computes
+``fold_bn()`` method (CTR-GCN's graph convolution and multi-scale temporal block). Other BNs are left
+as they are: input BNs, and ST-GCN's BN after its graph aggregation (moved in front of the aggregation,
+its constant shift would become a per-joint one). The folded model computes
 the same function as the original in eval mode (to float32 rounding) and refuses to train.
 """
 
@@ -33,10 +34,10 @@ def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def fold_into(weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor,
-              shift: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Scale ``weight`` in place along its output-channel ``dim``; return the new bias
+              shift: torch.Tensor) -> torch.Tensor:
+    """Scale ``weight`` (C_out, ...) in place per output channel; return the new bias
     ``bias·scale + shift`` (a fresh tensor)."""
-    weight.mul_(scale.view([-1 if d == dim else 1 for d in range(weight.dim())]))
+    weight.mul_(scale.view(-1, *[1] * (weight.dim() - 1)))
     return shift.clone() if bias is None else bias * scale + shift
 
 
