@@ -138,7 +138,7 @@ def _check_anchor_classes(head, name: str, train_labels: np.ndarray, num_classes
         raise SkelactError(f"config: heads {name!r}: no training clip can ever be an anchor with {sizes}, "
                            f"so its loss would always be 0; lower these options (see "
                            f"configs/ablation/stdcl_ucla.yaml)")
-    if len(active) < num_classes:
+    if len(active) < num_classes and int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
         print(f"note: heads {name!r}: only {len(active)} of {num_classes} classes have enough clips "
               f"to be anchors with {sizes}")
 
