@@ -226,19 +226,18 @@ def test_banks_identical_across_gloo_ranks(tmp_path):
     assert r0["filled"].sum() == 7
 
 
-def test_anchor_classes_and_training_refuses_a_head_that_never_fires(capsys):
-    from skelact.engine.train import _check_anchor_classes
+def test_training_refuses_a_head_that_never_fires():
     labels = np.array([0] * 6 + [1] * 4 + [2] * 10)           # 20 training clips
     head = _head(n_pos=5, n_hard_neg=8, n_rand_neg=4)         # needs >= 5 others of its class, >= 8 others
     # class 0: 5 others, 14 negatives -> yes; class 1: 3 others -> no; class 2: 9 others but 10 negatives -> yes
-    assert head.anchor_classes(labels) == [0, 2]
-    assert _head(n_pos=5, n_hard_neg=11, n_rand_neg=4).anchor_classes(labels) == [0]
-    assert _head(n_pos=6, n_hard_neg=8, n_rand_neg=4, exclude_self=False).anchor_classes(labels) == [0, 2]
-    _check_anchor_classes(head, "stdcl", labels, num_classes=3)
-    assert "only 2 of 3 classes" in capsys.readouterr().out
+    assert "only 2 of 3 classes (0, 2)" in head.check_training_labels(labels)
+    assert "only 1 of 3 classes (0)" in _head(n_pos=5, n_hard_neg=11, n_rand_neg=4).check_training_labels(labels)
+    assert "only 2 of 3 classes (0, 2)" in _head(n_pos=6, n_hard_neg=8, n_rand_neg=4,
+                                                 exclude_self=False).check_training_labels(labels)
+    assert _head(n_pos=3, n_hard_neg=8, n_rand_neg=4).check_training_labels(labels) is None
     with pytest.raises(SkelactError, match="loss would always be 0"):
-        _check_anchor_classes(_head(n_pos=10), "stdcl", labels, num_classes=3)
-    # the condition is the one the loss applies: a class outside anchor_classes gives exactly 0
+        _head(n_pos=10).check_training_labels(labels)
+    # the rule is the loss's own skip condition: class 1 (refused above) gives exactly 0, class 0 fires
     bank = torch.nn.functional.normalize(torch.randn(20, 8), dim=1)
     lab = torch.as_tensor(labels)
     z = bank[6:7].clone().requires_grad_()                    # a class-1 anchor in its own slot

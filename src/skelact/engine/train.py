@@ -122,25 +122,11 @@ def build_model_and_heads(cfg: Config, store, train_ds, device):
                                          **h.options))
             except TypeError as e:
                 raise SkelactError(f"config: heads option of {h.name!r}: {e}") from None
-            if hasattr(heads[-1], "anchor_classes"):
-                _check_anchor_classes(heads[-1], h.name, store.labels[train_ds.indices], store.num_classes)
+            note = heads[-1].check_training_labels(store.labels[train_ds.indices]) \
+                if hasattr(heads[-1], "check_training_labels") else None
+            if note and int(os.environ.get("RANK", "0")) == 0:  # printed once under torchrun
+                print(f"note: {note}")
     return model.to(device), heads.to(device), spec
-
-
-def _check_anchor_classes(head, name: str, train_labels: np.ndarray, num_classes: int) -> None:
-    """A memory-bank head whose positive / negative counts no class can reach would train with a loss
-    of exactly 0: refuse that configuration, and say so when only some classes can be anchors."""
-    active = head.anchor_classes(train_labels)
-    largest = int(np.bincount(train_labels).max())
-    sizes = (f"n_pos={head.n_pos} (the largest class has {largest - int(head.exclude_self)} other "
-             f"training clips), n_hard_neg={head.n_hard_neg}, n_rand_neg={head.n_rand_neg}")
-    if not active:
-        raise SkelactError(f"config: heads {name!r}: no training clip can ever be an anchor with {sizes}, "
-                           f"so its loss would always be 0; lower these options (see "
-                           f"configs/ablation/stdcl_ucla.yaml)")
-    if len(active) < num_classes and int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
-        print(f"note: heads {name!r}: only {len(active)} of {num_classes} classes have enough clips "
-              f"to be anchors with {sizes}")
 
 
 class Objective(torch.nn.Module):

@@ -153,14 +153,23 @@ class STDCLHead(nn.Module):
         return (F.normalize(self.spatial(x.mean(dim=2)).float(), dim=1),
                 F.normalize(self.temporal(x.mean(dim=3)).float(), dim=1))
 
-    def anchor_classes(self, train_labels) -> list[int]:
-        """Classes whose clips can ever be anchors when the bank holds the training set with labels
-        ``train_labels`` (S_train,): at least n_pos other clips of the class and max(n_hard_neg,
-        n_rand_neg) clips of other classes. An empty list means the loss is always 0."""
+    def check_training_labels(self, train_labels) -> str | None:
+        """Refuse sizes under which no clip of the training set (labels (S_train,)) can ever be an anchor
+        — at least n_pos other clips of its class and max(n_hard_neg, n_rand_neg) of other classes —
+        since the loss would silently stay 0. Returns a note when only some classes can be anchors."""
         counts = torch.bincount(torch.as_tensor(train_labels).long().flatten())
-        own = counts - int(self.exclude_self)
-        ok = (own >= self.n_pos) & (counts.sum() - counts >= max(self.n_hard_neg, self.n_rand_neg))
-        return [int(c) for c in torch.nonzero(ok & (counts > 0)).flatten()]
+        enough = ((counts - int(self.exclude_self) >= self.n_pos) & (counts > 0)
+                  & (counts.sum() - counts >= max(self.n_hard_neg, self.n_rand_neg)))
+        sizes = (f"n_pos={self.n_pos} (the largest class has {int(counts.max()) - int(self.exclude_self)} "
+                 f"other training clips), n_hard_neg={self.n_hard_neg}, n_rand_neg={self.n_rand_neg}")
+        if not bool(enough.any()):
+            raise SkelactError(f"head stdcl: no training clip can ever be an anchor with {sizes}, so its loss "
+                               f"would always be 0; lower these options (see configs/ablation/stdcl_ucla.yaml)")
+        if not bool(enough[counts > 0].all()):
+            ok = torch.nonzero(enough).flatten().tolist()
+            return (f"head stdcl: only {len(ok)} of {int((counts > 0).sum())} classes "
+                    f"({', '.join(map(str, ok))}) have enough clips to be anchors with {sizes}")
+        return None
 
     @torch.no_grad()
     def write(self, index: torch.Tensor, labels: torch.Tensor, z_s: torch.Tensor, z_t: torch.Tensor) -> None:
