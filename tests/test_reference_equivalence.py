@@ -96,3 +96,28 @@ def test_float64_outputs_agree_to_rounding():
     ref, fast = _pair("ntu25", 2, 60, torch.float64)
     x = _input("ntu25", 2, 16, torch.float64)
     torch.testing.assert_close(fast(x), ref(x), atol=1e-11, rtol=1e-11)
+
+
+def _bf16_error(model, x, target):
+    """Relative error of logits and of the whole gradient vector under bf16 autocast, against float32."""
+    def run(bf16):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        torch.nn.functional.cross_entropy(logits.float(), target).backward()
+        return logits.float().detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    (l32, g32), (l16, g16) = run(False), run(True)
+    return ((l16 - l32).norm() / l32.norm()).item(), ((g16 - g32).norm() / g32.norm()).item()
+
+
+@pytest.mark.parametrize("layout,persons,frames,classes", CASES)
+def test_bf16_autocast_as_accurate_as_reference(layout, persons, frames, classes):
+    """The mixed-precision path (the fused aggregation runs in the autocast dtype, as on a GPU with
+    ``amp: bf16``) loses no more accuracy than plain PyTorch layers do under the same autocast."""
+    ref, fast = _pair(layout, persons, classes, torch.float32)
+    x, target = _input(layout, persons, frames), torch.arange(3) % classes
+    (logit_ref, grad_ref), (logit_fast, grad_fast) = _bf16_error(ref, x, target), _bf16_error(fast, x, target)
+    assert 0 < logit_fast < 0.05 and 0 < grad_fast < 1  # bf16 was really used, and is sane
+    assert logit_fast <= 1.5 * logit_ref + 1e-3
+    assert grad_fast <= 1.5 * grad_ref + 1e-2
