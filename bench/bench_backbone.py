@@ -3,6 +3,7 @@ reference-structured CTR-GCN (bench/reference_ctrgcn.py), same weights, same pro
 
     python bench/bench_backbone.py                    # both shapes, 7 interleaved repetitions
     python bench/bench_backbone.py --shapes ntu --reps 3 --json out.json
+    python bench/bench_backbone.py --device cuda --batch 64 [--amp bf16]    # on a GPU
 
 Measured per shape (NW-UCLA (3, 52, 20, 1), 10 classes; NTU (3, 64, 25, 2), 60 classes):
 - training throughput, samples/s: forward + cross-entropy + backward + SGD step at batch 16; the two
@@ -15,11 +16,16 @@ Measured per shape (NW-UCLA (3, 52, 20, 1), 10 classes; NTU (3, 64, 25, 2), 60 c
   (an OS-level cross-check: it also sees transient buffers, gradients and allocator slack);
 - inference latency at batch 1 (eval mode, inference_mode), median over interleaved runs, also of the
   fast model with its BatchNorms folded (skelact.models.fold_batchnorm).
+
+On a GPU (``--device cuda``) every timing is bracketed by torch.cuda.synchronize(), the peak memory is
+the CUDA allocator's (torch.cuda.max_memory_allocated over two training steps, in this process), and
+``--amp bf16`` runs both models under the same bf16 autocast (as ``amp: bf16`` does in training).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -38,6 +44,8 @@ from skelact.models import create_model, fold_batchnorm  # noqa: E402
 from skelact.models.graph import adjacency  # noqa: E402
 
 SHAPES = {"ucla": ("ucla20", 52, 1, 10), "ntu": ("ntu25", 64, 2, 60)}  # layout, T, M, classes
+DEVICE = torch.device("cpu")  # set by --device
+AMP: torch.dtype | None = None  # set by --amp
 
 
 def build(shape: str, seed: int = 0):
@@ -47,14 +55,18 @@ def build(shape: str, seed: int = 0):
     ref = ReferenceCTRGCN(adjacency(layout), k, m)
     fast = create_model("ctrgcn", layout=layout, num_classes=k, num_persons=m)
     load_into_fast(ref, fast)
-    return ref, fast
+    return ref.to(DEVICE), fast.to(DEVICE)
 
 
 def batch(shape: str, n: int, seed: int = 1):
     layout, t, m, k = SHAPES[shape]
     g = torch.Generator().manual_seed(seed)
     v = adjacency(layout).shape[-1]
-    return torch.randn(n, 3, t, v, m, generator=g), torch.randint(0, k, (n,), generator=g)
+    return torch.randn(n, 3, t, v, m, generator=g).to(DEVICE), torch.randint(0, k, (n,), generator=g).to(DEVICE)
+
+
+def _autocast():
+    return torch.autocast(DEVICE.type, dtype=AMP) if AMP else contextlib.nullcontext()
 
 
 def train_step_fn(model, x, y):
@@ -62,7 +74,9 @@ def train_step_fn(model, x, y):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with _autocast():
+            logits = model(x)
+        F.cross_entropy(logits.float(), y).backward()
         opt.step()
     return step
 
@@ -104,7 +118,7 @@ def saved_bytes(model, x) -> float:
         return t
 
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast():
         out = model(x)
     del out
     return sum(seen.values()) / len(x)
@@ -139,16 +153,35 @@ def _rss_child_main(spec: str) -> None:
     print((_status_kib("VmHWM") - base) * 1024 / int(n))
 
 
-def matmul_peak(reps: int = 5, n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def cuda_peak(model, x, y) -> float:
+    """Peak CUDA-allocator growth of two training steps, bytes per sample."""
+    step = train_step_fn(model, x, y)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    step()
+    return (torch.cuda.max_memory_allocated() - base) / len(x)
+
+
+def matmul_peak(reps: int = 5) -> float:
+    n = 8192 if DEVICE.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=DEVICE, dtype=AMP or torch.float32) for _ in range(2))
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(reps))
     return 2 * n ** 3 / best / 1e9
 
 
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _timed(fn) -> float:
+    _sync()
     t = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - t
 
 
@@ -189,7 +222,7 @@ def bench_shape(shape: str, args) -> dict:
 
     def infer(m):
         def run():
-            with torch.inference_mode():
+            with torch.inference_mode(), _autocast():
                 m(x1)
         return run
     for m in infer_models.values():
@@ -198,27 +231,35 @@ def bench_shape(shape: str, args) -> dict:
     for name in models:
         res[name]["latency_b1_ms"] = 1e3 * statistics.median(lat[name])
     res["fast_folded_latency_b1_ms"] = 1e3 * statistics.median(lat["fast_folded"])
-    # OS-level memory cross-check
-    if not args.no_rss:
-        for name, which in (("reference", "ref"), ("fast", "fast")):
-            res[name]["peak_rss_mib_per_sample"] = rss_child(shape, which, args.batch, args.threads) / 2 ** 20
+    # OS-level memory cross-check on CPU; the CUDA allocator's peak on a GPU
+    for m in models.values():
+        m.train()
+    for name, which in (("reference", "ref"), ("fast", "fast")):
+        if DEVICE.type == "cuda":
+            res[name]["peak_mib_per_sample"] = cuda_peak(models[name], x, y) / 2 ** 20
+        elif not args.no_rss:
+            res[name]["peak_mib_per_sample"] = rss_child(shape, which, args.batch, args.threads) / 2 ** 20
     r, f = res["reference"], res["fast"]
     res["speedup"] = f["samples_per_s"] / r["samples_per_s"]
     res["saved_memory_ratio"] = f["saved_mib_per_sample"] / r["saved_mib_per_sample"]
-    if "peak_rss_mib_per_sample" in f:
-        res["rss_ratio"] = f["peak_rss_mib_per_sample"] / r["peak_rss_mib_per_sample"]
+    if "peak_mib_per_sample" in f:
+        res["peak_memory_ratio"] = f["peak_mib_per_sample"] / r["peak_mib_per_sample"]
     return res
 
 
 def report(results: list[dict], peak: float) -> str:
-    lines = [f"fp32 matmul peak (2048^3 torch.mm, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s", ""]
+    where = (torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{torch.get_num_threads()} CPU threads")
+    dtype = str(AMP or torch.float32).removeprefix("torch.")
+    lines = [f"{dtype} matmul peak (torch.mm, {where}): {peak:.0f} GFLOP/s"
+             + (f"; both models under {dtype} autocast" if AMP else ""), ""]
+    peak_kind = "CUDA" if DEVICE.type == "cuda" else "RSS"
     head = ("| shape | model | train samples/s | step median s | GFLOP/sample fwd / step | achieved GFLOP/s "
-            "(% peak) | saved MiB/sample | peak RSS MiB/sample | latency b=1 ms |")
+            f"(% peak) | saved MiB/sample | peak {peak_kind} MiB/sample | latency b=1 ms |")
     lines += [head, "|" + "---|" * 9]
     for res in results:
         for name in ("reference", "fast"):
             d = res[name]
-            rss = f"{d['peak_rss_mib_per_sample']:.1f}" if "peak_rss_mib_per_sample" in d else "-"
+            rss = f"{d['peak_mib_per_sample']:.1f}" if "peak_mib_per_sample" in d else "-"
             lines.append(
                 f"| {res['shape']} {tuple(res['input'])} | {name} | {d['samples_per_s']:.2f} | "
                 f"{d['step_median_s']:.3f} | "
@@ -227,7 +268,7 @@ def report(results: list[dict], peak: float) -> str:
                 f"{d['saved_mib_per_sample']:.1f} | {rss} | {d['latency_b1_ms']:.1f} |")
     lines.append("")
     for res in results:
-        extra = f", peak-RSS ratio {res['rss_ratio']:.2f}" if "rss_ratio" in res else ""
+        extra = f", peak-{peak_kind} ratio {res['peak_memory_ratio']:.2f}" if "peak_memory_ratio" in res else ""
         lat_r, lat_f = res["reference"]["latency_b1_ms"], res["fast"]["latency_b1_ms"]
         lat_ff = res["fast_folded_latency_b1_ms"]
         lines.append(f"- {res['shape']}: fast/reference throughput {res['speedup']:.2f}x, saved-memory ratio "
@@ -242,11 +283,17 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--reps", type=int, default=7, help="interleaved training-step repetitions per model")
     p.add_argument("--infer-reps", type=int, default=21)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast both models to bf16")
     p.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak-RSS measurement")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    global DEVICE, AMP
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    DEVICE, AMP = torch.device(args.device), (torch.bfloat16 if args.amp == "bf16" else None)
     torch.set_num_threads(args.threads)
     if args.rss_child:
         _rss_child_main(args.rss_child)
@@ -257,6 +304,7 @@ def main(argv=None):
     print(report(results, peak))
     if args.json:
         Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak, "threads": args.threads,
+                                               "device": args.device, "amp": args.amp,
                                                "torch": torch.__version__, "results": results}, indent=1))
 
 
