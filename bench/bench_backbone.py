@@ -259,13 +259,13 @@ def report(results: list[dict], peak: float) -> str:
     for res in results:
         for name in ("reference", "fast"):
             d = res[name]
-            rss = f"{d['peak_mib_per_sample']:.1f}" if "peak_mib_per_sample" in d else "-"
+            peak_mem = f"{d['peak_mib_per_sample']:.1f}" if "peak_mib_per_sample" in d else "-"
             lines.append(
                 f"| {res['shape']} {tuple(res['input'])} | {name} | {d['samples_per_s']:.2f} | "
                 f"{d['step_median_s']:.3f} | "
                 f"{d['gflop_fwd_per_sample']:.2f} / {d['gflop_step_per_sample']:.2f} | "
                 f"{d['gflops_achieved']:.0f} ({100 * d['gflops_achieved'] / peak:.0f}%) | "
-                f"{d['saved_mib_per_sample']:.1f} | {rss} | {d['latency_b1_ms']:.1f} |")
+                f"{d['saved_mib_per_sample']:.1f} | {peak_mem} | {d['latency_b1_ms']:.1f} |")
     lines.append("")
     for res in results:
         extra = f", peak-{peak_kind} ratio {res['peak_memory_ratio']:.2f}" if "peak_memory_ratio" in res else ""
