@@ -33,17 +33,11 @@ def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def fold_into(weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor,
-              shift: torch.Tensor) -> torch.Tensor:
-    """Scale ``weight`` (C_out, ...) in place per output channel; return the new bias
-    ``bias·scale + shift`` (a fresh tensor)."""
-    weight.mul_(scale.view(-1, *[1] * (weight.dim() - 1)))
-    return shift.clone() if bias is None else bias * scale + shift
-
-
 def fold_linear(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
     """``scale·layer(x) + shift`` (per output channel) as one layer, modified in place and returned."""
-    layer.bias = nn.Parameter(fold_into(layer.weight, layer.bias, scale, shift))
+    w = layer.weight  # (C_out, ...)
+    w.mul_(scale.view(-1, *[1] * (w.dim() - 1)))
+    layer.bias = nn.Parameter(shift.clone() if layer.bias is None else layer.bias * scale + shift)
     return layer
 
 
