@@ -109,3 +109,10 @@ def test_summarize_groups_seeds(tmp_path, capsys):
     with pytest.raises(SkelactError, match="same setup and seed"):
         summarize([tmp_path / "ucla-s1", tmp_path / "copy" / "ucla-s1"])
     assert cli(["summarize", str(tmp_path / "unfinished")]) == 2
+    # a damaged summary.json is a one-line error naming the file, not a traceback
+    for text in ("{not json", json.dumps({**base, "seed": 9, "top5": 99.0})):
+        (tmp_path / "broken").mkdir(exist_ok=True)
+        (tmp_path / "broken" / "summary.json").write_text(text)
+        with pytest.raises(SkelactError, match="broken/summary.json: unreadable run summary"):
+            summarize([tmp_path / "broken"])
+        assert cli(["summarize", str(tmp_path / "broken")]) == 2

@@ -126,6 +126,24 @@ def test_exception_inside_writer_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_store_files_follow_the_umask_and_abandoned_temporaries_go(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        dead = tmp_path / ".s.tmp-999999999-abc"  # a killed prepare's leftovers (no such process)
+        live = tmp_path / f".s.tmp-{os.getpid()}-xyz"  # a concurrent write in a live process
+        dead.mkdir()
+        live.mkdir()
+        _write(tmp_path / "s", 2)
+        assert not dead.exists() and live.exists()
+        # readable by others (a shared dataset), as open() / mkdir() would make them; not owner-only
+        assert (tmp_path / "s").stat().st_mode & 0o777 == 0o755
+        for name in ("meta.json", "index.npz", "frames.bin"):
+            assert (tmp_path / "s" / name).stat().st_mode & 0o777 == 0o644, name
+    finally:
+        os.umask(old)
+
+
 def test_empty_store_not_written(tmp_path):
     with pytest.raises(SkelactError, match="no usable clips"):
         with StoreWriter(tmp_path / "s", dataset="t", layout="ucla20", class_names=["a"], max_persons=1) as w:

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from skelact.cli import main as cli
 from skelact.engine.checkpoint import load_checkpoint
@@ -50,10 +51,14 @@ def test_tiny_training_run_beats_chance(synthetic_store, tmp_path):
         assert (run / name).is_file(), name
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True inside
     assert ckpt["data"]["class_names"] and ckpt["data"]["stream"] == "j"
-    # evaluate from the checkpoint alone reproduces the run's test scores
+    # evaluate from the checkpoint alone reproduces the run's test scores, in a folder of its own
+    run_report = (run / "report.json").read_bytes()
     assert cli(["evaluate", str(run)]) == 0
-    report = json.loads((run / "report.json").read_text())
+    assert (run / "report.json").read_bytes() == run_report  # the run's own outputs are left alone
+    out = run / f"eval-last-{synthetic_store.name}-{summary['split']}"
+    report = json.loads((out / "report.json").read_text())
     assert report["top1"] == pytest.approx(summary["top1"])
+    np.testing.assert_allclose(np.load(out / "scores.npz")["scores"], scores["scores"], rtol=1e-5, atol=1e-5)
 
 
 def test_heads_are_not_part_of_the_inference_model(synthetic_store, tmp_path):
@@ -117,6 +122,38 @@ def test_ddp_two_processes_match_one(synthetic_store, tmp_path):
     l2 = [json.loads(x)["loss"] for x in (double / "metrics.jsonl").read_text().splitlines()]
     # same samples per global batch; only per-rank BatchNorm statistics and head mining differ
     np.testing.assert_allclose(l1, l2, rtol=0.1)
+    # every rank scored its share of the test set with the same (final) weights
+    summary = json.loads((double / "summary.json").read_text())
+    assert cli(["evaluate", str(double)]) == 0
+    alone = np.load(double / f"eval-last-{synthetic_store.name}-{summary['split']}" / "scores.npz")
+    assert list(alone["names"]) == list(s2["names"])
+    np.testing.assert_allclose(alone["scores"], s2["scores"], rtol=1e-5, atol=1e-5)
+
+
+def _broadcast_worker(rank, port, out):
+    import torch.distributed as dist
+    from skelact.engine import distributed as ddp
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(rank)  # different weights and statistics on each rank
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    model[1].running_mean.normal_()
+    d = ddp.Dist(rank, 2)
+    ddp.sync_buffers(d, model, parameters=True)
+    assert ddp.all_true(d, rank == 0) is False and ddp.all_true(d, True) is True
+    torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_rank_zero_weights_reach_every_rank(tmp_path):
+    """What finish() relies on under select=val: rank 0 loads best.pt, every rank gets its weights."""
+    import torch.multiprocessing as mp
+    mp.spawn(_broadcast_worker, args=(29000 + os.getpid() % 500, str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(a["0.weight"], ref["0.weight"])  # rank 0's, not rank 1's
 
 
 @pytest.mark.parametrize("args, message", [
@@ -124,6 +161,9 @@ def test_ddp_two_processes_match_one(synthetic_store, tmp_path):
     (["--set", "optim.lr=fast"], "optim.lr must be float"),
     (["--set", "data.stream=xyz"], "data.stream must be one of"),
     (["--set", "data.path=/nonexistent/dataset", "--set", "data.generate="], "dataset not found"),
+    # a mistyped path is not silently filled with synthetic data (that happens only at the default path)
+    (["--set", "data.path=/nonexistent/dataset"], "dataset not found"),
+    (["--set", "model.options={dropout: 1.5}"], "model.options"),
     (["--config", "/nonexistent.yaml"], "cannot read config"),
     (["--set", "model.name=nosuchnet"], "nosuchnet"),
 ])
@@ -141,6 +181,12 @@ def test_corrupt_checkpoint_and_layout_mismatch(synthetic_store, tmp_path):
     bad.write_bytes(b"not a checkpoint at all")
     res = run_cli(["evaluate", str(bad)])
     assert res.returncode == 2 and "corrupt or unreadable checkpoint" in res.stderr
+    if not torch.cuda.is_available():
+        res = run_cli(["evaluate", str(bad), "--device", "cuda"])
+        assert res.returncode == 2 and "no CUDA device" in res.stderr and "Traceback" not in res.stderr
+    # an OS error (here: a file where a folder should be) is one line naming the path
+    res = run_cli(["prepare", "synthetic", "--out", str(bad / "store")])
+    assert res.returncode == 2 and str(bad) in res.stderr and "Traceback" not in res.stderr
     res = run_cli(["train", "--resume", str(tmp_path)])
     assert res.returncode == 2 and "not a run directory" in res.stderr
 
@@ -153,3 +199,24 @@ def test_lr_schedule_and_validation_carving():
     val = carve_validation(labels, 0.2, seed=0)
     assert [int(val[labels == k].sum()) for k in range(5)] == [2, 4, 0, 1, 6]
     assert np.array_equal(val, carve_validation(labels, 0.2, seed=0))
+
+
+def test_non_finite_scores_are_an_error_not_a_hit():
+    """A NaN row would rank its true class first (every comparison with NaN is false)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from skelact.engine import distributed as ddp
+    from skelact.engine.train import ShardSampler, predict
+    from skelact.errors import SkelactError
+
+    class Scores(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :, 0, 0, 0]  # (N, C) "logits" straight from the input
+
+    x = torch.randn(6, 4, 1, 1, 1)
+    ds = TensorDataset(x, torch.zeros(6, dtype=torch.long), torch.arange(6) + 100)
+    loader = lambda: DataLoader(ds, batch_size=4, sampler=ShardSampler(6, ddp.Dist()))
+    logits, ids = predict(Scores(), loader(), torch.device("cpu"), ddp.Dist())
+    assert torch.equal(logits, x[:, :, 0, 0, 0]) and ids.tolist() == list(range(100, 106))
+    x[4, 2] = float("nan")
+    with pytest.raises(SkelactError, match="non-finite scores .* 1 of 6 clips .*store index 104"):
+        predict(Scores(), loader(), torch.device("cpu"), ddp.Dist())

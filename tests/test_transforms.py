@@ -158,7 +158,7 @@ def test_ucla_frame_indices(t):
     if t >= 52 * 100:  # pragma: no cover - not exercised, documents the multiset semantics
         assert len(set(idx)) == 52
     test = tf.sample_frame_indices(t, 52, False, None)
-    np.testing.assert_array_equal(test, np.round(np.linspace(0, t - 1, 52)).astype(int))
+    np.testing.assert_array_equal(test, [int(i * (t - 1) / 51) for i in range(52)])  # floor, as the reference
 
 
 def test_ucla_clip_values():
@@ -170,7 +170,7 @@ def test_ucla_clip_values():
         assert np.isfinite(y).all() and y.min() >= -1 - 1e-6 and y.max() <= 1 + 1e-6
     # test mode: centring then normalising, frames from linspace
     y = tf.ucla_clip(x, window=52, train=False, rng=None, layout=UCLA20)
-    ref = tf.minmax_normalise(x[:1] - x[0, 0, 1])[:, np.round(np.linspace(0, 29, 52)).astype(int)]
+    ref = tf.minmax_normalise(x[:1] - x[0, 0, 1])[:, [int(i * 29 / 51) for i in range(52)]]
     np.testing.assert_allclose(y, ref, atol=1e-6)
     # degenerate clip: all coordinates equal -> zeros, no NaN
     flat = np.full((1, 5, 20, 3), 0.7, np.float32)
@@ -210,6 +210,30 @@ def test_streams():
     np.testing.assert_allclose(bm[:, :-1], b[:, 1:] - b[:, :-1], atol=1e-6)
     with pytest.raises(SkelactError, match="stream"):
         tf.to_stream(x, "jb", par)
+
+
+def test_streams_average_confidence_scores_of_2d_layouts():
+    from skelact.layouts import get_layout
+    coco = get_layout("coco17")
+    assert coco.coords == 2 and coco.channels == 3
+    x = rand_clip(t=9, v=coco.num_joints)
+    x[..., 2] = np.random.default_rng(1).uniform(0, 1, x.shape[:-1])  # scores in [0, 1]
+    par = list(coco.parents)
+    b = tf.to_stream(x, "b", par, coords=2)
+    for v in range(coco.num_joints):
+        np.testing.assert_allclose(b[:, :, v, :2], x[:, :, v, :2] - x[:, :, par[v], :2])
+        np.testing.assert_allclose(b[:, :, v, 2], (x[:, :, v, 2] + x[:, :, par[v], 2]) / 2)
+    jm = tf.to_stream(x, "jm", par, coords=2)
+    np.testing.assert_allclose(jm[:, 3, :, :2], x[:, 4, :, :2] - x[:, 3, :, :2])
+    np.testing.assert_allclose(jm[:, 3, :, 2], (x[:, 4, :, 2] + x[:, 3, :, 2]) / 2)
+    assert not jm[:, -1].any()
+    bm = tf.to_stream(x, "bm", par, coords=2)
+    np.testing.assert_allclose(bm[:, 2, :, 2], (b[:, 3, :, 2] + b[:, 2, :, 2]) / 2)
+    assert ((bm[:, :-1, :, 2] >= 0) & (bm[:, :-1, :, 2] <= 1)).all()  # still a score
+    # 3-D layouts (coords = channels) are unchanged by the argument
+    y = rand_clip(t=9)
+    np.testing.assert_array_equal(tf.to_stream(y, "bm", list(NTU25.parents), coords=3),
+                                  tf.to_stream(y, "bm", list(NTU25.parents)))
 
 
 def test_resolve_augment():

@@ -157,7 +157,12 @@ def summarize(run_dirs: list[str | Path]) -> list[dict]:
         path = run / "summary.json"
         if not path.is_file():
             raise SkelactError(f"{run}: no summary.json (not a finished run)")
-        s = json.loads(path.read_text())
+        try:
+            s = json.loads(path.read_text())
+            if not isinstance(s, dict) or not all(isinstance(s.get(k), (int, float)) for k in ("top1", "top5")):
+                raise ValueError("no numeric top1 / top5")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SkelactError(f"{path}: unreadable run summary ({e})") from None
         name = re.sub(r"-s\d+(-\d+)?$", "", run.name)
         key = (name, s.get("dataset"), s.get("split"), s.get("stream"), s.get("model"),
                "+".join(s.get("heads") or []) or "-", s.get("epochs"))

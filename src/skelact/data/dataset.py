@@ -119,7 +119,7 @@ class SkeletonDataset(Dataset):
             x = x[:self.num_persons]
         x = self.protocol.fn(x, window=self.window, train=self.train, rng=rng, layout=self.layout,
                              **self.augment)
-        x = to_stream(x, self.stream, self._parents)
+        x = to_stream(x, self.stream, self._parents, self.layout.coords)
         if x.shape[0] < self.num_persons:
             x = np.concatenate([x, np.zeros((self.num_persons - x.shape[0], *x.shape[1:]), x.dtype)])
         return x

@@ -232,8 +232,10 @@ def _array_items(source: Path) -> tuple[list[tuple[str, str, Callable]], Callabl
                 if f.read(6) != b"\x93NUMPY":
                     raise BadSample("not a .npy array file")
             return np.load(p, allow_pickle=False, mmap_mode="r" if peek else None)
-        except (OSError, ValueError, EOFError) as e:
-            raise BadSample(f"cannot read array ({e})") from None
+        except BadSample:
+            raise
+        except Exception as e:  # OSError, ValueError, numpy's header parser's TokenError, ...
+            raise BadSample(f"cannot read array ({type(e).__name__}: {e})") from None
 
     if not source.exists():
         raise SkelactError(f"{source}: does not exist")
@@ -246,14 +248,14 @@ def _array_items(source: Path) -> tuple[list[tuple[str, str, Callable]], Callabl
         raise SkelactError(f"{source}: expected a folder of .npy files or an .npz file")
     try:
         z = np.load(source, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise SkelactError(f"{source}: cannot read .npz ({e})") from None
+    except Exception as e:  # zipfile, zlib, numpy's header parser: each has its own error types
+        raise SkelactError(f"{source}: cannot read .npz ({type(e).__name__}: {e})") from None
 
     def load_key(k, peek=False):
         try:
             return z[k]
-        except (OSError, ValueError, EOFError) as e:
-            raise BadSample(f"cannot read array ({e})") from None
+        except Exception as e:  # a damaged member: skip this clip (or fail under --strict)
+            raise BadSample(f"cannot read array ({type(e).__name__}: {e})") from None
     return [(k, f"{source}[{k}]", lambda peek=False, k=k: load_key(k)) for k in z.files], z.close
 
 

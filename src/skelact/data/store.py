@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadSample, SkelactError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, default_mode, fsync_dir
 from ..layouts import Layout, get_layout
 
 FORMAT = "skelact-store"
@@ -75,6 +75,21 @@ def apply_split_rule(rule: dict, columns: dict[str, np.ndarray], part: str) -> n
     return np.flatnonzero(~in_train)
 
 
+def _remove_abandoned(out: Path) -> None:
+    """Delete the temporary folders of earlier writes of ``out`` whose process no longer exists (a killed
+    ``prepare`` leaves one, possibly gigabytes); those of a live process (a concurrent write) stay."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*-*"):
+        pid = tmp.name[len(f".{out.name}.tmp-"):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # exists but is another user's: not ours to judge
+            pass
+
+
 class StoreWriter:
     """Stream clips into a new store. Use as a context manager; call :meth:`commit` to publish.
 
@@ -98,7 +113,10 @@ class StoreWriter:
             "splits": dict(splits or {}), "source": dict(source or {}), "skipped": [],
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        _remove_abandoned(self.out)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-{os.getpid()}-",
+                                          dir=self.out.parent))
+        os.chmod(self._tmp, default_mode(directory=True))
         self._frames = open(self._tmp / "frames.bin", "wb")
         self._dtype = np.dtype(dtype)
         self._cols: dict[str, list] = {k: [] for k in
@@ -172,6 +190,8 @@ class StoreWriter:
         }
         with open(self._tmp / "index.npz", "wb") as f:
             np.savez(f, **index)
+            f.flush()
+            os.fsync(f.fileno())
         self.meta.update(num_samples=len(self), num_classes=len(self.meta["class_names"]),
                          total_frames=int(lengths.sum()))
         atomic_write_bytes(self._tmp / "meta.json", json.dumps(self.meta, indent=1).encode())
@@ -182,6 +202,7 @@ class StoreWriter:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self._tmp, self.out)
+        fsync_dir(self.out.parent)
         self._done = True
         return self.out
 

@@ -10,7 +10,8 @@ A *protocol* turns a stored clip of any length into ``window`` frames (DATA.md):
 * ``"ucla"`` (CTR-GCN / FR-Head NW-UCLA): one person; subtract joint 2 (index 1) of frame 0; train:
   rotate by random integer degrees in [-60, 60] about x then y and scale by one factor U(0.5, 1.5) per
   clip; min-max normalise each axis to [-1, 1]; train: ``window`` sorted frame indices drawn without
-  replacement from the frame list repeated 100 times, test: ``linspace(0, T - 1, window)`` rounded.
+  replacement from the frame list repeated 100 times, test: ``linspace(0, T - 1, window)`` truncated
+  to integers (as the reference feeder's ``astype(int)``).
   Note: the per-axis normalisation undoes any scaling, so the scale factor (kept for parity with the
   reference recipe) has no effect on the output.
 * ``"none"``: crop (train: random start, test: centre) or zero-pad at the end to ``window`` frames;
@@ -97,7 +98,8 @@ def sample_frame_indices(t: int, window: int, train: bool, rng: np.random.Genera
     """NW-UCLA frame indices (window,) into a clip of t frames.
 
     Train: ``window`` positions drawn without replacement from ``list(range(t)) * repeats``, sorted
-    (clips shorter than ``window`` repeat frames); test: ``round(linspace(0, t - 1, window))``.
+    (clips shorter than ``window`` repeat frames); test: ``linspace(0, t - 1, window)`` truncated to integers,
+    as the reference feeder does (not rounded: that would pick other frames for most clip lengths).
     """
     if train:
         if window > t * repeats:
@@ -108,7 +110,7 @@ def sample_frame_indices(t: int, window: int, train: bool, rng: np.random.Genera
 
 @lru_cache(maxsize=4096)
 def _linspace_indices(t: int, window: int) -> np.ndarray:
-    idx = np.round(np.linspace(0, t - 1, window)).astype(np.int64)
+    idx = np.linspace(0, t - 1, window).astype(np.int64)  # truncation, as the reference
     idx.flags.writeable = False
     return idx
 
@@ -309,16 +311,26 @@ def resolve_augment(protocol: Protocol, augment: dict | bool | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ streams
-def to_stream(x: np.ndarray, stream: str, parents: tuple[int, ...]) -> np.ndarray:
+def to_stream(x: np.ndarray, stream: str, parents: tuple[int, ...], coords: int | None = None) -> np.ndarray:
     """Stream of a clip (M, T, V, C): ``j`` joints, ``b`` bones ``x[v] - x[parents[v]]`` (centre bone 0),
-    ``jm`` joint motion ``x[t + 1] - x[t]`` (last frame 0), ``bm`` bone motion."""
+    ``jm`` joint motion ``x[t + 1] - x[t]`` (last frame 0), ``bm`` bone motion.
+
+    Only the first ``coords`` channels (default: all) are coordinates. The rest, the confidence scores of
+    2-D layouts, are averaged instead of subtracted (a bone's score is the mean of its joints' scores, a
+    motion's the mean over its two frames, as pyskl does): a difference of scores means nothing.
+    """
     if stream not in STREAMS:
         raise SkelactError(f"stream: unknown {stream!r}; known: {', '.join(STREAMS)}")
+    c = x.shape[-1] if coords is None else coords
     if stream in ("b", "bm"):
-        x = x - np.take(x, _index_array(tuple(parents)), axis=2)
+        other = np.take(x, _index_array(tuple(parents)), axis=2)
+        bones = x - other
+        bones[..., c:] = (x[..., c:] + other[..., c:]) / 2
+        x = bones
     if stream in ("jm", "bm"):
         motion = np.zeros_like(x)
         np.subtract(x[:, 1:], x[:, :-1], out=motion[:, :-1])
+        motion[:, :-1, :, c:] = (x[:, 1:, :, c:] + x[:, :-1, :, c:]) / 2
         x = motion
     return x
 

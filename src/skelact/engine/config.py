@@ -22,7 +22,9 @@ from ..errors import SkelactError
 @dataclass
 class DataConfig:
     path: str = "data/synthetic"  # dataset store directory (see `skelact prepare`)
-    generate: str = "synthetic"  # built-in data to create at `path` when it is missing ("" = never)
+    # built-in data to create at `path` when it is missing: "auto" = the synthetic benchmark, but only at
+    # the default path (a mistyped path is an error, not a new dataset); "synthetic" = at any path; "" = never
+    generate: str = "auto"
     split: str = "xsub"  # split protocol of the store
     protocol: str = "ntu"  # clip protocol: ntu | ucla | none
     window: int = 32  # frames per clip after resampling
@@ -204,7 +206,8 @@ def load_config(paths: str | list[str] | None = None, overrides: list[str] = (),
 
 
 def validate(cfg: Config) -> None:
-    choices = {"data.protocol": (cfg.data.protocol, ("ntu", "ucla", "none")),
+    choices = {"data.generate": (cfg.data.generate, ("auto", "synthetic", "")),
+               "data.protocol": (cfg.data.protocol, ("ntu", "ucla", "none")),
                "data.stream": (cfg.data.stream, ("j", "b", "jm", "bm")),
                "optim.schedule": (cfg.optim.schedule, ("step", "cosine")),
                "device": (cfg.device, ("auto", "cpu", "cuda")),
@@ -212,7 +215,8 @@ def validate(cfg: Config) -> None:
                "select": (cfg.select, ("final", "val"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
-            raise SkelactError(f"config: {key} must be one of {', '.join(allowed)}, got {value!r}")
+            raise SkelactError(f"config: {key} must be one of {', '.join(map(repr, allowed))}, "
+                               f"got {value!r}")
     positive = {"data.window": cfg.data.window, "data.repeat": cfg.data.repeat,
                 "optim.epochs": cfg.optim.epochs, "optim.batch_size": cfg.optim.batch_size,
                 "eval_every": cfg.eval_every}

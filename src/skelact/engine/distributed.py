@@ -14,6 +14,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device: str = "cpu"  # where collective tensors live: cuda:LOCAL_RANK under nccl
 
     @property
     def enabled(self) -> bool:
@@ -25,13 +26,18 @@ class Dist:
 
 
 def setup(device: str) -> Dist:
-    """Initialise the process group when launched by torchrun; gloo on CPU, nccl on CUDA."""
+    """Initialise the process group when launched by torchrun; gloo on CPU, nccl on CUDA (each process
+    bound to GPU LOCAL_RANK *before* the first collective, which nccl runs on the current device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
     if world <= 1:
-        return Dist()
+        return Dist(device=f"cuda:{local_rank}" if device == "cuda" else "cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank,
+                f"cuda:{local_rank}" if device == "cuda" else "cpu")
 
 
 def barrier(d: Dist) -> None:
@@ -59,19 +65,29 @@ def gather_rows(d: Dist, positions: torch.Tensor, rows: torch.Tensor):
     return positions[order], rows[order]
 
 
-def sync_buffers(d: Dist, module: torch.nn.Module) -> None:
-    """Copy rank 0's buffers (BatchNorm statistics) to every rank, so evaluation agrees."""
+def sync_buffers(d: Dist, module: torch.nn.Module, parameters: bool = False) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics), and its parameters if asked, to every rank."""
     if d.enabled:
-        for buf in module.buffers():
-            dist.broadcast(buf, 0)
+        with torch.no_grad():
+            for t in [*module.buffers(), *(module.parameters() if parameters else ())]:
+                dist.broadcast(t.data, 0)
 
 
 def all_reduce_mean(d: Dist, values: list[float]) -> list[float]:
     if not d.enabled:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
     dist.all_reduce(t)
     return (t / d.world_size).tolist()
+
+
+def all_true(d: Dist, flag: bool) -> bool:
+    """True when ``flag`` holds on every rank (so that all ranks take the same branch)."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def cleanup(d: Dist) -> None:

@@ -48,18 +48,17 @@ def evaluate(ckpt: dict, data: str | None = None, split: str | None = None, devi
 def evaluate_command(args) -> None:
     from ..report import build_report, save_scores, write_report
     target = Path(args.target)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SkelactError("--device cuda: no CUDA device is available")
     ckpt = load_checkpoint(target)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     logits, labels, names, store, split = evaluate(ckpt, args.data, args.split, device)
-    run = run_dir_of(target)
-    same = (args.data is None or Path(args.data).resolve() == Path(ckpt["data"]["path"]).resolve()) \
-        and split == ckpt["data"]["split"]
-    out = run if same else run / f"eval-{store.path.name}-{split}"
+    # a folder of its own: the run's report and scores describe the checkpoint the run selected
+    out = run_dir_of(target) / f"eval-{Path(ckpt['path']).stem}-{store.path.name}-{split}"
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(logits, labels, store.class_names, names=names)
     write_report(out, report)
-    if not same:
-        save_scores(out / "scores.npz", names, labels, logits, store.class_names)
+    save_scores(out / "scores.npz", names, labels, logits, store.class_names)
     print(f"{ckpt['path']} on {store.path} split {split} (test, {labels.size} clips): "
           f"top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%")
     print(f"report: {out / 'report.md'}")

@@ -27,7 +27,7 @@ from ..errors import SkelactError
 from . import distributed as ddp
 from ..fileio import atomic_torch_save, atomic_write_text
 from .checkpoint import FORMAT, load_checkpoint
-from .config import Config, dump, load_config
+from .config import Config, DataConfig, dump, load_config
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -50,8 +50,11 @@ def build_data(cfg: Config, d: ddp.Dist):
     from ..data.dataset import SkeletonDataset
     from ..data.store import SkeletonStore
     path = Path(cfg.data.path)
-    if not (path / "meta.json").is_file():
-        if cfg.data.generate != "synthetic":
+    missing = ddp.broadcast_object(d, not (path / "meta.json").is_file())  # rank 0 decides for all
+    if missing:
+        generate = cfg.data.generate == "synthetic" or (
+            cfg.data.generate == "auto" and cfg.data.path == DataConfig.path)
+        if not generate:
             raise SkelactError(f"{path}: dataset not found; create it with 'skelact prepare' "
                                f"(or point data.path at a prepared dataset)")
         if d.is_main:
@@ -105,7 +108,7 @@ def build_model_and_heads(cfg: Config, store, train_ds, device):
         model = create_model(spec["name"], layout=spec["layout"], num_classes=spec["num_classes"],
                              in_channels=spec["in_channels"], num_persons=spec["num_persons"],
                              **spec["options"])
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise SkelactError(f"config: model.options: {e}") from None
     heads = torch.nn.ModuleList()
     if cfg.heads:
@@ -120,7 +123,7 @@ def build_model_and_heads(cfg: Config, store, train_ds, device):
                 heads.append(create_head(h.name, tap_shapes=tap_shapes, num_classes=store.num_classes,
                                          num_persons=train_ds.num_persons, num_samples=len(store),
                                          **h.options))
-            except TypeError as e:
+            except (TypeError, ValueError) as e:
                 raise SkelactError(f"config: heads option of {h.name!r}: {e}") from None
             note = heads[-1].check_training_labels(store.labels[train_ds.indices]) \
                 if hasattr(heads[-1], "check_training_labels") else None
@@ -177,7 +180,12 @@ def predict(model, loader, device, d: ddp.Dist, amp: str = "none"):
     out = torch.cat([torch.cat(rows, 0) if rows else torch.zeros(0, k),
                      (torch.cat(sample_ids) if sample_ids else torch.zeros(0)).double()[:, None]], 1)
     _, out = ddp.gather_rows(d, pos, out)
-    return out[:, :-1], out[:, -1].long()
+    logits, ids = out[:, :-1], out[:, -1].long()
+    bad = ~torch.isfinite(logits).all(1)
+    if bad.any():  # NaN rows would otherwise count as correct in rank-based metrics
+        raise SkelactError(f"the model gave non-finite scores (NaN/inf) for {int(bad.sum())} of {len(ids)} "
+                           f"clips (first: store index {int(ids[bad][0])}); its weights have diverged")
+    return logits, ids
 
 
 def topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -258,10 +266,8 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
     device = torch.device("cuda" if cfg.device == "cuda" or
                           (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     d = ddp.setup(device.type)
+    device = torch.device(d.device)
     out = Path(ddp.broadcast_object(d, str(out)))  # rank 0's choice of the default run directory
-    if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -273,9 +279,15 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
     start_epoch, history, best = 0, [], {"val_top1": -1.0, "epoch": None}
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        heads.load_state_dict(resume["heads"])
-        opt.load_state_dict(resume["optimizer"])
+        try:
+            model.load_state_dict(resume["model"])
+            heads.load_state_dict(resume["heads"])
+            opt.load_state_dict(resume["optimizer"])
+            if resume.get("scaler"):
+                scaler.load_state_dict(resume["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise SkelactError(f"{resume['path']}: does not match the run's config and data "
+                               f"({str(e).strip().splitlines()[0][:200]})") from None
         start_epoch, history, best = resume["epoch"] + 1, resume["history"], resume["best"]
 
     net = Objective(model, heads)
@@ -323,9 +335,9 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
             with autocast(device, cfg.amp):
                 logits, ce, aux = net(x, y, idx)
                 loss = ce + aux
-            if not torch.isfinite(loss):
-                raise SkelactError(f"epoch {epoch + 1}: the loss became {loss.item()} "
-                                   f"(try a lower optim.lr)")
+            if not ddp.all_true(d, bool(torch.isfinite(loss))):  # every rank stops, none hangs
+                raise SkelactError(f"epoch {epoch + 1}: the loss became non-finite "
+                                   f"({loss.item()} on rank {d.rank}; try a lower optim.lr)")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -346,11 +358,12 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
             row["val_top1"] = topk(logits, labels, 1)
         row["time_s"] = round(time.time() - t0, 2)
         history.append(row)
+        improved = row.get("val_top1", -1.0) > best["val_top1"]  # the same on every rank
+        if improved:
+            best = {"val_top1": row["val_top1"], "epoch": epoch + 1}
         if d.is_main:
-            improved = row.get("val_top1", -1.0) > best["val_top1"]
-            if improved:
-                best = {"val_top1": row["val_top1"], "epoch": epoch + 1}
             ckpt = checkpoint_dict(cfg, spec, store, train_ds, model, heads, opt, epoch, history, best)
+            ckpt["scaler"] = scaler.state_dict()  # fp16 loss scale ({} when unused)
             if improved:
                 atomic_torch_save(ckpt, out / "checkpoints" / "best.pt")
             with open(out / "metrics.jsonl", "a") as f:
@@ -381,11 +394,13 @@ def checkpoint_dict(cfg, spec, store, train_ds, model, heads, opt, epoch, histor
 
 def finish(cfg, out, d, device, store, val_ds, test_ds, model, history, best, per_rank) -> dict:
     """Evaluate on test (final epoch, or the best validation epoch if select=val) and write results."""
-    ddp.sync_buffers(d, model)
     if cfg.select == "val" and best["epoch"] is not None:
-        model.load_state_dict(load_checkpoint(out / "checkpoints" / "best.pt")["model"])
+        if d.is_main:  # rank 0 wrote best.pt; the other ranks receive its weights below
+            model.load_state_dict(load_checkpoint(out / "checkpoints" / "best.pt")["model"])
+        ddp.sync_buffers(d, model, parameters=True)
         selected = f"best validation epoch {best['epoch']}"
     else:
+        ddp.sync_buffers(d, model)
         selected = f"final epoch {cfg.optim.epochs}"
     logits, ids = predict(model, eval_loader(test_ds, cfg, d, per_rank * 2), device, d, cfg.amp)
     val_scores = None
