@@ -442,6 +442,33 @@ def test_two_actors_and_a_body_overlapping_both_is_dropped():
     assert (clip[0, :10] == 0).all() and (clip[1, 45:] == 0).all()     # absent: zeros, not shifted
 
 
+def test_motion_is_the_pooled_variance_of_the_sgn_pipeline():
+    """SGN ranks bodies by sum(var(joints stacked as (T*25, 3), axis=0)), taking the smaller of that and
+    the same over the clean frames for a body with some noisy frames; checked against explicit loops."""
+    rng = np.random.default_rng(5)
+    _, xyz = standing_body(range(30), rng, sway=0.2)
+    pts = [p for frame in xyz for p in frame]                          # T*25 points of 3 values
+
+    def pooled_variance(points):
+        total = 0.0
+        for axis in range(3):
+            vals = [float(p[axis]) for p in points]
+            mean = sum(vals) / len(vals)
+            total += sum((v - mean) ** 2 for v in vals) / len(vals)
+        return total
+
+    assert ntu.motion(xyz) == pytest.approx(pooled_variance(pts), rel=1e-9)
+    noisy = xyz.copy()
+    noisy[:5] = noisy[:5][..., [1, 0, 2]] * 3                          # 5 lying, spread-out frames
+    assert 0 < ntu.noisy_frame_ratio(noisy) < ntu.NOISE_RATIO
+    full = pooled_variance([p for frame in noisy for p in frame])
+    clean = pooled_variance([p for frame in noisy[5:] for p in frame])
+    assert clean < full and ntu.motion(noisy) == pytest.approx(clean, rel=1e-9)
+    # a still but wide body outranks a small one that sways a little: extent counts, as in SGN
+    wide = xyz[:1].repeat(30, 0) * np.float32(2)
+    assert ntu.motion(wide) > ntu.motion(standing_body(range(30), rng, sway=0.05)[1] * np.float32(0.5))
+
+
 def test_centring_on_joint_2_of_actor_1_first_frame():
     rng = np.random.default_rng(4)
     frames, xyz = standing_body(range(5, 35), rng, sway=0.1)

@@ -397,8 +397,15 @@ def noisy_frame_ratio(xyz: np.ndarray) -> float:
 
 
 def motion(xyz: np.ndarray) -> float:
-    """Sum over joints and coordinates of the variance over time, for one body xyz (T, 25, 3)."""
-    return float(xyz.astype(np.float64).var(axis=0).sum())
+    """The SGN pipeline's motion of one body xyz (T, 25, 3): the variance of x, y and z over all its joint
+    positions (T·25 points pooled, so body extent counts as well as movement), summed over x, y, z; for a
+    body with some noisy frames, the smaller of that and the same over its clean frames only."""
+    pooled = float(xyz.reshape(-1, 3).astype(np.float64).var(axis=0).sum())
+    spread = xyz.max(axis=1) - xyz.min(axis=1)                       # (T, 3)
+    clean = spread[:, 0] <= SPREAD_RATIO * spread[:, 1]
+    if clean.any() and not clean.all():
+        pooled = min(pooled, float(xyz[clean].reshape(-1, 3).astype(np.float64).var(axis=0).sum()))
+    return pooled
 
 
 def denoise(skeleton: dict) -> np.ndarray:
