@@ -109,6 +109,15 @@ def test_summarize_groups_seeds(tmp_path, capsys):
     with pytest.raises(SkelactError, match="same setup and seed"):
         summarize([tmp_path / "ucla-s1", tmp_path / "copy" / "ucla-s1"])
     assert cli(["summarize", str(tmp_path / "unfinished")]) == 2
+    # same run name and seed but another setup (e.g. a --set override of a head option): two rows, no refusal
+    (tmp_path / "variant").mkdir()
+    for name, seed, setup in (("ucla-s0", 0, "aaaaaaaaaaaa"), ("ucla-s0-2", 0, "bbbbbbbbbbbb")):
+        (tmp_path / "variant" / name).mkdir()
+        (tmp_path / "variant" / name / "summary.json").write_text(json.dumps(
+            {**base, "seed": seed, "top1": 90.0, "top5": 99.0, "heads": ["frhead"], "setup": setup}))
+    rows = summarize(sorted((tmp_path / "variant").iterdir()))
+    assert sorted(r["setup"] for r in rows) == ["ucla [aaaaaaaaaaaa]", "ucla [bbbbbbbbbbbb]"]
+    assert all(r["n"] == 1 for r in rows)
     # a damaged summary.json is a one-line error naming the file, not a traceback
     for text in ("{not json", json.dumps({**base, "seed": 9, "top5": 99.0})):
         (tmp_path / "broken").mkdir(exist_ok=True)

@@ -117,8 +117,13 @@ def test_weight_grid():
     grid, step = weight_grid(2)
     assert step == 0.1 and len(grid) == 21 and (grid.max(axis=1) == 1).all()
     grid4, step4 = weight_grid(4)
-    assert len(grid4) <= 2000 and step4 == 0.2
-    assert len(weight_grid(8)[0]) <= 2000
+    # + 1: 0.6/0.6/0.4/0.4 (1, 1, 2/3, 2/3) is off the grid; 2/2/1/1 = (1, 1, 0.5, 0.5) is on it
+    assert step4 == 0.1 and len(grid4) == 11 ** 4 - 10 ** 4 + 1 and (grid4.max(axis=1) == 1).all()
+    assert len(np.unique(grid4, axis=0)) == len(grid4)
+    for published in ([0.6, 0.6, 0.4, 0.4], [2, 2, 1, 1]):  # DATA.md's weights are candidates
+        w = np.array(published) / max(published)
+        assert np.isclose(grid4, w).all(axis=1).any()
+    assert len(weight_grid(8)[0]) <= 5000
 
 
 def test_search_ignores_a_useless_stream():

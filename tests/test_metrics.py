@@ -151,6 +151,27 @@ def test_build_and_write_report(tmp_path):
         pass
 
 
+def test_report_class_summaries_match_loops():
+    """mean class accuracy and each class's most-confused class, against explicit loops."""
+    d = fake_scores(n=200, k=7, seed=11)
+    rep = build_report(d["scores"], d["labels"], d["class_names"])
+    preds = [int(np.argmax(s)) for s in d["scores"]]
+    accs = []
+    for c in range(7):
+        mine = [i for i, y in enumerate(d["labels"]) if y == c]
+        if mine:
+            accs.append(100.0 * sum(preds[i] == c for i in mine) / len(mine))
+        wrong = [preds[i] for i in mine if preds[i] != c]
+        if wrong:  # the most frequent wrong prediction; ties to the lowest class index
+            counts = {p: wrong.count(p) for p in set(wrong)}
+            top = max(counts.values())
+            assert rep["per_class"][c]["most_confused_with"] == d["class_names"][min(
+                p for p, n in counts.items() if n == top)]
+        else:
+            assert rep["per_class"][c]["most_confused_with"] is None
+    assert rep["mean_class_accuracy"] == pytest.approx(sum(accs) / len(accs))
+
+
 def test_report_without_matplotlib(tmp_path, monkeypatch, capsys):
     for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, mod)

@@ -50,7 +50,8 @@ def assert_same(result: dict, reference: dict):
 @pytest.fixture
 def ntu_files(shared_data):
     files = sorted((shared_data / "ntu_samples").glob("*.skeleton"))
-    assert [f.stem for f in files] == list(FRAMES)
+    if [f.stem for f in files] != list(FRAMES):
+        pytest.skip(f"the five NTU sample files are not all in {shared_data / 'ntu_samples'}")
     return files
 
 
@@ -442,6 +443,21 @@ def test_two_actors_and_a_body_overlapping_both_is_dropped():
     assert (clip[0, :10] == 0).all() and (clip[1, 45:] == 0).all()     # absent: zeros, not shifted
 
 
+def test_actor_assignment_edges_follow_sgn():
+    rng = np.random.default_rng(6)
+    a = standing_body(range(20, 40), rng, sway=0.5)                     # actor 1
+    b = standing_body(range(30, 50), rng, sway=0.25, offset=(1, 0, 3))  # overlaps a: actor 2, span [0, 49]
+    touch = standing_body(range(39, 60), rng, sway=0.12)                # shares only frame 39 with a: merged
+    early = standing_body(range(10, 25), rng, sway=0.02)                # overlaps a, and b's [0, 49]: dropped
+    clip = ntu.denoise(skeleton(early, touch, b, a))
+    assert clip.shape == (2, 40, 25, 3)                                 # frames 20-59
+    origin = a[1][0, 1]
+    np.testing.assert_allclose(clip[0, :19], a[1][:19] - origin, atol=1e-6)
+    np.testing.assert_allclose(clip[0, 19:], touch[1] - origin, atol=1e-6)  # frame 39: the later body
+    np.testing.assert_allclose(clip[1, 10:30], b[1] - origin, atol=1e-6)
+    assert not clip[1, :10].any() and not clip[1, 30:].any()
+
+
 def test_motion_is_the_pooled_variance_of_the_sgn_pipeline():
     """SGN ranks bodies by sum(var(joints stacked as (T*25, 3), axis=0)), taking the smaller of that and
     the same over the clean frames for a body with some noisy frames; checked against explicit loops."""
@@ -512,7 +528,10 @@ def test_parse_name():
     ("ntu120", {"xsub": (63026, 50919), "xset": (54468, 59477)}),
 ])
 def test_official_split_counts(shared_data, variant, expected):
-    names = (shared_data / "ntu_statistics" / f"{variant}_skes_available_name.txt").read_text().split()
+    listing = shared_data / "ntu_statistics" / f"{variant}_skes_available_name.txt"
+    if not listing.is_file():
+        pytest.skip(f"{listing} not found")
+    names = listing.read_text().split()
     fields = [ntu.parse_name(name) for name in names]
     assert None not in fields
     columns = {key: np.array([f[key] for f in fields]) for key in fields[0]}

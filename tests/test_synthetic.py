@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -205,11 +204,8 @@ def test_linear_classifier_confuses_the_ambiguous_groups(clips):
     assert correct[grouped].mean() < 0.8
 
 
-def test_default_size_is_fast():
-    start = time.perf_counter()
-    n = sum(1 for _ in S.generate(0, S.DEFAULT_NUM_SAMPLES))
-    assert n == S.DEFAULT_NUM_SAMPLES
-    assert time.perf_counter() - start < 20  # ~3 s on one core; generous for shared machines
+def test_default_size():
+    assert sum(1 for _ in S.generate(0, S.DEFAULT_NUM_SAMPLES)) == S.DEFAULT_NUM_SAMPLES
 
 
 def test_prepare_rejects_bad_size(tmp_path):

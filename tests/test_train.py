@@ -18,7 +18,8 @@ from skelact.engine.config import load_config
 
 # A small, fast recipe: quarter-width ST-GCN on short windows of the synthetic data.
 TINY = ["model.name=stgcn", "model.options={width: 0.25}", "data.window=24", "optim.batch_size=16",
-        "optim.warmup_epochs=1", "optim.milestones=[]", "optim.lr=0.1", "threads=2"]
+        "optim.warmup_epochs=1", "optim.milestones=[]", "optim.lr=0.1", "threads=2",
+        "device=cpu"]  # CPU even where a GPU exists: DDP here is gloo, and results are compared exactly
 
 
 def run_cli(args):
@@ -41,6 +42,13 @@ def test_tiny_training_run_beats_chance(synthetic_store, tmp_path):
     num_classes = len(json.loads((synthetic_store / "meta.json").read_text())["class_names"])
     assert summary["top1"] > 3 * 100.0 / num_classes  # well above chance
     assert summary["selected"] == "final epoch 8"
+    from skelact.engine.config import setup_hash
+    cfg = load_config(str(run / "config.yaml"))
+    assert summary["setup"] == setup_hash(cfg)
+    cfg.seed, cfg.threads = 5, 1  # neither changes the setup; any other setting does
+    assert setup_hash(cfg) == summary["setup"]
+    cfg.optim.lr = 0.05
+    assert setup_hash(cfg) != summary["setup"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, 9)) and all("val_top1" in r for r in rows)
     scores = np.load(run / "scores.npz")
@@ -59,6 +67,13 @@ def test_tiny_training_run_beats_chance(synthetic_store, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["top1"] == pytest.approx(summary["top1"])
     np.testing.assert_allclose(np.load(out / "scores.npz")["scores"], scores["scores"], rtol=1e-5, atol=1e-5)
+    # another split of the same store whose test part holds training clips: said, not hidden
+    from skelact.data.store import SkeletonStore
+    st = SkeletonStore(synthetic_store)
+    seen = np.intersect1d(st.split("xview", "test"), st.split(summary["split"], "train")).size
+    res = run_cli(["evaluate", str(run), "--split", "xview"])
+    assert res.returncode == 0 and seen > 0
+    assert f"note: {seen} of {st.split('xview', 'test').size} clips" in res.stderr and "not a held-out" in res.stderr
 
 
 def test_heads_are_not_part_of_the_inference_model(synthetic_store, tmp_path):
@@ -84,16 +99,15 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic_store, tmp_path):
     assert run_cli(["train", *args, "--out", str(full)]).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "skelact", "train", *args, "--out", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # kill once epoch 1 is checkpointed
-        last = killed / "checkpoints" / "last.pt"
-        if last.is_file():
-            time.sleep(0.5)  # into epoch 2
-            break
-        time.sleep(0.05)
+    last = killed / "checkpoints" / "last.pt"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not last.is_file():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGSTOP)  # frozen inside epoch 2, with epoch 1 checkpointed
+    assert proc.poll() is None and last.is_file(), "the run ended or never checkpointed"
+    assert load_checkpoint(last)["epoch"] == 0 and not (killed / "summary.json").exists()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "summary.json").exists()
     res = run_cli(["train", "--resume", str(killed)])
     assert res.returncode == 0, res.stderr
     a = json.loads((full / "summary.json").read_text())
@@ -111,8 +125,8 @@ def test_ddp_two_processes_match_one(synthetic_store, tmp_path):
                                      "heads=[{name: frhead}]", "threads=1"]), "--epochs", "2"]
     single, double = tmp_path / "single", tmp_path / "double"
     assert run_cli(["train", *args, "--out", str(single)]).returncode == 0
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(29500 + os.getpid() % 1000), "-m", "skelact",
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "skelact",
                           "train", *args, "--out", str(double)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     s1, s2 = (np.load(r / "scores.npz") for r in (single, double))
@@ -130,10 +144,10 @@ def test_ddp_two_processes_match_one(synthetic_store, tmp_path):
     np.testing.assert_allclose(alone["scores"], s2["scores"], rtol=1e-5, atol=1e-5)
 
 
-def _broadcast_worker(rank, port, out):
+def _broadcast_worker(rank, out):
     import torch.distributed as dist
     from skelact.engine import distributed as ddp
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
     torch.manual_seed(rank)  # different weights and statistics on each rank
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     model[1].running_mean.normal_()
@@ -147,7 +161,7 @@ def _broadcast_worker(rank, port, out):
 def test_rank_zero_weights_reach_every_rank(tmp_path):
     """What finish() relies on under select=val: rank 0 loads best.pt, every rank gets its weights."""
     import torch.multiprocessing as mp
-    mp.spawn(_broadcast_worker, args=(29000 + os.getpid() % 500, str(tmp_path)), nprocs=2)
+    mp.spawn(_broadcast_worker, args=(str(tmp_path),), nprocs=2)
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     torch.manual_seed(0)
     ref = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).state_dict()

@@ -180,6 +180,44 @@ def test_ucla_clip_values():
         assert np.isfinite(y).all() and not y.any()
 
 
+def reference_ucla_train_clip(x, agx, agy, s, frames):
+    """The published NW-UCLA train transform, step by step on (T*V, 3) rows (row-vector convention):
+    centre on joint 2 of frame 0, rows @ (Ry · Rx · s) with the reference's matrices, per-axis min-max
+    to [-1, 1], then the sampled frames."""
+    import math
+    t, v, _ = x.shape[1:]
+    a, b = math.radians(agx), math.radians(agy)
+    rx = np.array([[1, 0, 0], [0, math.cos(a), math.sin(a)], [0, -math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, -math.sin(b)], [0, 1, 0], [math.sin(b), 0, math.cos(b)]])
+    rows = (x[0] - x[0, 0, 1]).reshape(-1, 3).astype(np.float64) @ (ry @ rx @ (s * np.eye(3)))
+    rows = (rows - rows.min(0)) / (rows.max(0) - rows.min(0)) * 2 - 1
+    return rows.reshape(t, v, 3)[frames][None]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ucla_train_transform_matches_the_reference(seed):
+    x = rand_clip(m=1, t=40, v=20, seed=seed)
+    y = tf.ucla_clip(x, window=52, train=True, rng=np.random.default_rng(seed), layout=UCLA20,
+                     rotate_deg=60, scale=(0.5, 1.5))
+    rng = np.random.default_rng(seed)  # the same draws, in the same order
+    agx, agy = rng.integers(-60, 61, 2).tolist()
+    s = rng.uniform(0.5, 1.5)
+    frames = np.sort(rng.choice(40 * 100, 52, replace=False) % 40)
+    np.testing.assert_allclose(y, reference_ucla_train_clip(x, agx, agy, s, frames), atol=2e-5)
+
+
+def test_ucla_protocol_leaves_2d_scores_alone():
+    from skelact.layouts import get_layout
+    coco = get_layout("coco17")
+    x = rand_clip(m=1, t=30, v=coco.num_joints)
+    x[..., 2] = np.random.default_rng(3).uniform(0.2, 0.9, x.shape[:-1])
+    y = tf.ucla_clip(x, window=52, train=False, rng=None, layout=coco)
+    frames = [int(i * 29 / 51) for i in range(52)]
+    np.testing.assert_array_equal(y[0, :, :, 2], x[0, frames, :, 2])  # scores untouched
+    np.testing.assert_allclose(y[..., :2], tf.minmax_normalise(x[:1, ..., :2] - x[0, 0, 1, :2])[:, frames],
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("name", list(tf.PROTOCOLS))
 @pytest.mark.parametrize("t", [1, 3])
 @pytest.mark.parametrize("train", [True, False])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +147,9 @@ def summarize(run_dirs: list[str | Path]) -> list[dict]:
     """Mean ± sample std of test top-1/top-5 over seeds, one row per setup.
 
     Runs are grouped by everything in their ``summary.json`` that is not the seed (run name without its
-    seed suffix, dataset, split, stream, model, heads, epochs), so results made at different times
-    aggregate; a run without ``summary.json`` (unfinished) is refused, and so are two runs of one setup
+    seed suffix, dataset, split, stream, model, heads, epochs, and the ``setup`` hash of the whole config
+    less the seed), so results made at different times aggregate and runs differing by any other
+    setting do not; a run without ``summary.json`` (unfinished) is refused, and so are two runs of one setup
     with the same seed (e.g. a run and its copy in ``results/``), which would be counted twice.
     """
     import json
@@ -165,18 +167,21 @@ def summarize(run_dirs: list[str | Path]) -> list[dict]:
             raise SkelactError(f"{path}: unreadable run summary ({e})") from None
         name = re.sub(r"-s\d+(-\d+)?$", "", run.name)
         key = (name, s.get("dataset"), s.get("split"), s.get("stream"), s.get("model"),
-               "+".join(s.get("heads") or []) or "-", s.get("epochs"))
+               "+".join(s.get("heads") or []) or "-", s.get("epochs"), s.get("setup"))
         if (key, s.get("seed")) in seen:
             raise SkelactError(f"{run}: same setup and seed ({s.get('seed')}) as {seen[key, s.get('seed')]}; "
                                "pass each run once")
         seen[key, s.get("seed")] = run
         groups.setdefault(key, []).append(s)
+    names = Counter(key[0] for key in groups)
     rows = []
     for key, runs in groups.items():
+        if names[key[0]] > 1:  # one run name, several setups (e.g. a --set override): tell them apart
+            key = (f"{key[0]} [{key[-1] or 'no setup id'}]", *key[1:])
         top1 = np.array([r["top1"] for r in runs])
         top5 = np.array([r["top5"] for r in runs])
         std = (lambda a: float(a.std(ddof=1)) if a.size > 1 else float("nan"))
-        rows.append(dict(zip(("setup", "dataset", "split", "stream", "model", "heads", "epochs"), key),
+        rows.append(dict(zip(("setup", "dataset", "split", "stream", "model", "heads", "epochs"), key[:7]),
                          seeds=sorted(r.get("seed") for r in runs), n=len(runs),
                          top1_mean=float(top1.mean()), top1_std=std(top1),
                          top5_mean=float(top5.mean()), top5_std=std(top5)))

@@ -415,7 +415,8 @@ def denoise(skeleton: dict) -> np.ndarray:
     would drop every body keeps the longest instead); ranks the rest by :func:`motion`. Actor 1 is the
     body with most motion; each further body whose frame interval does not overlap actor 1's goes to actor
     1 (filling its missing frames), else, if it does not overlap actor 2's, to actor 2; bodies
-    overlapping both are dropped. Frames where both actors are missing are dropped, and every present
+    overlapping both are dropped. "Overlap" is SGN's (more than one shared frame; actor 2's interval
+    starts as [0, 0]), so the clips are those of the standard pipeline. Frames where both actors are missing are dropped, and every present
     joint is centred on joint 2 (spine middle) of actor 1's first frame. Absent actors are zeros.
     """
     bodies = list(skeleton["bodies"].values())                      # [(frames (T_b,), xyz (T_b, 25, 3))]
@@ -426,13 +427,15 @@ def denoise(skeleton: dict) -> np.ndarray:
     bodies.sort(key=lambda body: motion(body[1]), reverse=True)      # stable: ties keep file order
 
     actors: list[list] = [[bodies[0]], []]
-    spans = [[bodies[0][0].min(), bodies[0][0].max()], None]         # inclusive frame interval per actor
+    # inclusive frame interval per actor; actor 2 starts from SGN's virtual [0, 0], so its span always
+    # reaches back to frame 0 (a body lying wholly before actor 2's first body is then dropped, as there)
+    spans = [[int(bodies[0][0].min()), int(bodies[0][0].max())], [0, 0]]
     for body in bodies[1:]:
-        start, end = body[0].min(), body[0].max()
-        for actor, span in enumerate(spans):
-            if span is None or end < span[0] or start > span[1]:     # no overlap
-                actors[actor].append(body)
-                spans[actor] = [start, end] if span is None else [min(start, span[0]), max(end, span[1])]
+        start, end = int(body[0].min()), int(body[0].max())
+        for actor, (lo, hi) in enumerate(spans):
+            if min(hi, end) - max(lo, start) <= 0:  # SGN's test: sharing at most one frame is no overlap
+                actors[actor].append(body)           # (a shared frame takes the later body's joints)
+                spans[actor] = [min(start, lo), max(end, hi)]
                 break
 
     num_frames = max(int(frames.max()) for frames, _ in bodies) + 1

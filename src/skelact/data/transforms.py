@@ -8,7 +8,7 @@ A *protocol* turns a stored clip of any length into ``window`` frames (DATA.md):
   by linear interpolation. Train-time augmentation: Euler rotation U(-0.3, 0.3) rad about x, y, z and
   FR-Head's symmetric bone-length scaling U(0.8, 1.2).
 * ``"ucla"`` (CTR-GCN / FR-Head NW-UCLA): one person; subtract joint 2 (index 1) of frame 0; train:
-  rotate by random integer degrees in [-60, 60] about x then y and scale by one factor U(0.5, 1.5) per
+  rotate by random integer degrees in [-60, 60] about y then x and scale by one factor U(0.5, 1.5) per
   clip; min-max normalise each axis to [-1, 1]; train: ``window`` sorted frame indices drawn without
   replacement from the frame list repeated 100 times, test: ``linspace(0, T - 1, window)`` truncated
   to integers (as the reference feeder's ``astype(int)``).
@@ -242,22 +242,24 @@ def ucla_clip(x: np.ndarray, *, window: int, train: bool, rng: np.random.Generat
     sampled frames. (Centring and scaling do not change the normalised output; kept for parity.)
     """
     t, v, c = x.shape[1:]
-    pts = x[0].reshape(t * v, c).T  # (3, T * V) view
+    k = layout.coords  # centre and normalise the coordinates only; a 2-D layout's scores stay as they are
+    pts = x[0].reshape(t * v, c).T  # (C, T * V) view
     if train and (rotate_deg or scale):
         r = np.eye(3, dtype=np.float32)
         if rotate_deg:
             ax, ay = rng.integers(-int(rotate_deg), int(rotate_deg) + 1, 2).tolist()
-            r = rotation_matrix(math.radians(ax), math.radians(ay))
+            # the reference rotates about y first, then about x: p' = s · Rx(ax) · Ry(ay) · p
+            r = rotation_matrix(math.radians(ax), 0.0) @ rotation_matrix(0.0, math.radians(ay))
         if scale:
             r = r * np.float32(rng.uniform(*scale))
         pts = r.astype(x.dtype) @ pts  # contiguous (3, T * V)
     else:
         pts = pts.copy()  # contiguous, writable (the stored clip may be a read-only memmap view)
-    pts -= pts[:, origin:origin + 1]  # joint `origin` of frame 0 (rotated with the clip)
-    mul, add = _minmax_affine(pts)
-    out = pts.reshape(c, t, v)[:, sample_frame_indices(t, window, train, rng, repeats)]  # (3, W, V)
-    out *= mul[:, None, None]
-    out += add[:, None, None]
+    pts[:k] -= pts[:k, origin:origin + 1]  # joint `origin` of frame 0 (rotated with the clip)
+    mul, add = _minmax_affine(pts[:k])
+    out = pts.reshape(c, t, v)[:, sample_frame_indices(t, window, train, rng, repeats)]  # (C, W, V)
+    out[:k] *= mul[:, None, None]
+    out[:k] += add[:, None, None]
     return out.transpose(1, 2, 0)[None]
 
 

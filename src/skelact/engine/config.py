@@ -235,5 +235,18 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def setup_hash(cfg: Config) -> str:
+    """12 hex digits identifying the experiment *setup*: the resolved config less what does not change
+    results (seed, run name, device, threads, loader workers, compile). Runs that differ only by seed
+    share it, so ``skelact summarize`` groups them, and only them."""
+    import hashlib
+    import json
+    d = to_dict(cfg)
+    for key in ("seed", "name", "device", "threads", "compile"):
+        d.pop(key)
+    d["data"].pop("workers")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import SkelactError
@@ -34,7 +36,14 @@ def evaluate(ckpt: dict, data: str | None = None, split: str | None = None, devi
     if store.class_names != info["class_names"]:
         raise SkelactError(f"{store.path}: class list differs from the one the model was trained on")
     split = split or info["split"]
-    ds = SkeletonDataset(store, indices=store.split(split, "test"), protocol=info["protocol"],
+    test_idx = store.split(split, "test")
+    same_store = store.path.resolve() == Path(info["path"]).resolve()
+    if same_store and split != info["split"] and info["split"] in store.split_names:
+        seen = np.intersect1d(test_idx, store.split(info["split"], "train")).size
+        if seen:
+            print(f"note: {seen} of {test_idx.size} clips of the {split!r} test part were in the model's "
+                  f"training part (split {info['split']!r}): this is not a held-out score", file=sys.stderr)
+    ds = SkeletonDataset(store, indices=test_idx, protocol=info["protocol"],
                          window=info["window"], stream=info["stream"], train=False,
                          num_persons=info["num_persons"])
     model = build_model(ckpt).to(device)

@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from .. import metrics
 from ..errors import SkelactError
 from . import distributed as ddp
 from ..fileio import atomic_torch_save, atomic_write_text
 from .checkpoint import FORMAT, load_checkpoint
-from .config import Config, DataConfig, dump, load_config
+from .config import Config, DataConfig, dump, load_config, setup_hash
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -186,12 +187,6 @@ def predict(model, loader, device, d: ddp.Dist, amp: str = "none"):
         raise SkelactError(f"the model gave non-finite scores (NaN/inf) for {int(bad.sum())} of {len(ids)} "
                            f"clips (first: store index {int(ids[bad][0])}); its weights have diverged")
     return logits, ids
-
-
-def topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    k = min(k, logits.shape[1])
-    hit = (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
-    return 100.0 * hit.float().mean().item()
 
 
 def autocast(device, amp: str):
@@ -354,8 +349,8 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
                                        epoch + 1 == cfg.optim.epochs):
             ddp.sync_buffers(d, model)
             logits, ids = predict(model, val_loader, device, d, cfg.amp)
-            labels = torch.as_tensor(store.labels[ids.numpy()])
-            row["val_top1"] = topk(logits, labels, 1)
+            # the report's tie rule, so val_top1 and val_scores.npz agree
+            row["val_top1"] = metrics.topk_accuracy(logits.numpy(), store.labels[ids.numpy()], 1)
         row["time_s"] = round(time.time() - t0, 2)
         history.append(row)
         improved = row.get("val_top1", -1.0) > best["val_top1"]  # the same on every rank
@@ -424,7 +419,7 @@ def finish(cfg, out, d, device, store, val_ds, test_ds, model, history, best, pe
         "top1": report["top1"], "top5": report["top5"], "split": cfg.data.split, "part": "test",
         "num_samples": int(labels.size), "dataset": store.meta["dataset"], "data": str(store.path),
         "stream": cfg.data.stream, "model": cfg.model.name, "heads": [h.name for h in cfg.heads],
-        "seed": cfg.seed, "epochs": cfg.optim.epochs, "selected": selected,
+        "seed": cfg.seed, "setup": setup_hash(cfg), "epochs": cfg.optim.epochs, "selected": selected,
         "val_top1": history[-1].get("val_top1") if history else None,
         "best_val": best if best["epoch"] is not None else None,
         "seconds_per_epoch": round(float(np.mean(epoch_times)), 2) if epoch_times else None,
