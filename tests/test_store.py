@@ -130,12 +130,15 @@ def test_store_files_follow_the_umask_and_abandoned_temporaries_go(tmp_path):
     import os
     old = os.umask(0o022)
     try:
-        dead = tmp_path / ".s.tmp-999999999-abc"  # a killed prepare's leftovers (no such process)
-        live = tmp_path / f".s.tmp-{os.getpid()}-xyz"  # a concurrent write in a live process
-        dead.mkdir()
-        live.mkdir()
+        import socket
+        host = socket.gethostname()
+        dead = tmp_path / f".s.tmp-{host}-999999999-abc"  # a killed prepare's leftovers (no such process)
+        live = tmp_path / f".s.tmp-{host}-{os.getpid()}-xyz"  # a concurrent write in a live process
+        other = tmp_path / ".s.tmp-otherhost.example-999999999-abc"  # another host's, on a shared disk
+        for d in (dead, live, other):
+            d.mkdir()
         _write(tmp_path / "s", 2)
-        assert not dead.exists() and live.exists()
+        assert not dead.exists() and live.exists() and other.exists()
         # readable by others (a shared dataset), as open() / mkdir() would make them; not owner-only
         assert (tmp_path / "s").stat().st_mode & 0o777 == 0o755
         for name in ("meta.json", "index.npz", "frames.bin"):

@@ -113,7 +113,8 @@ def _weighted_sum(aligned: list[dict], weights, softmax: bool = False) -> dict:
 
 
 # The published 4-stream weights (joint, bone, joint motion, bone motion; DATA.md): NW-UCLA and NTU60
-# x-view 0.6/0.6/0.4/0.4, NTU60 x-sub 2/2/1/1 -- not on a 0.1 grid once scaled to a largest weight of 1.
+# x-view 0.6/0.6/0.4/0.4 (scaled to a largest weight of 1: 1, 1, 2/3, 2/3, off the 0.1 grid), NTU60 x-sub
+# 2/2/1/1 (1, 1, 0.5, 0.5, on it; listed for completeness).
 PUBLISHED_4_STREAM = ((0.6, 0.6, 0.4, 0.4), (2.0, 2.0, 1.0, 1.0))
 
 

@@ -416,8 +416,9 @@ def denoise(skeleton: dict) -> np.ndarray:
     body with most motion; each further body whose frame interval does not overlap actor 1's goes to actor
     1 (filling its missing frames), else, if it does not overlap actor 2's, to actor 2; bodies
     overlapping both are dropped. "Overlap" is SGN's (more than one shared frame; actor 2's interval
-    starts as [0, 0]), so the clips are those of the standard pipeline. Frames where both actors are missing are dropped, and every present
-    joint is centred on joint 2 (spine middle) of actor 1's first frame. Absent actors are zeros.
+    starts as [0, 0]), so the clips are those of the standard pipeline. Frames where both actors are
+    missing are dropped, and every present joint is centred on joint 2 (spine middle) of actor 1's first
+    frame. Absent actors are zeros.
     """
     bodies = list(skeleton["bodies"].values())                      # [(frames (T_b,), xyz (T_b, 25, 3))]
     if not bodies:

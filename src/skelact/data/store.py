@@ -16,9 +16,11 @@ half-written store never looks complete.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 import zipfile
 from pathlib import Path
@@ -75,11 +77,18 @@ def apply_split_rule(rule: dict, columns: dict[str, np.ndarray], part: str) -> n
     return np.flatnonzero(~in_train)
 
 
+def _tmp_prefix(out: Path) -> str:
+    """Temporary store folders are named after the host and process writing them."""
+    return f".{out.name}.tmp-{socket.gethostname()}-"
+
+
 def _remove_abandoned(out: Path) -> None:
-    """Delete the temporary folders of earlier writes of ``out`` whose process no longer exists (a killed
-    ``prepare`` leaves one, possibly gigabytes); those of a live process (a concurrent write) stay."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*-*"):
-        pid = tmp.name[len(f".{out.name}.tmp-"):].split("-", 1)[0]
+    """Delete the temporary folders of earlier writes of ``out`` on this host whose process no longer
+    exists (a killed ``prepare`` leaves one, possibly gigabytes); those of a live process (a concurrent
+    write) or of another host (a shared file system) stay."""
+    prefix = _tmp_prefix(out)
+    for tmp in out.parent.glob(f"{glob.escape(prefix)}*-*"):
+        pid = tmp.name[len(prefix):].split("-", 1)[0]
         if not pid.isdigit():
             continue
         try:
@@ -114,7 +123,7 @@ class StoreWriter:
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(self.out)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-{os.getpid()}-",
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(self.out)}{os.getpid()}-",
                                           dir=self.out.parent))
         os.chmod(self._tmp, default_mode(directory=True))
         self._frames = open(self._tmp / "frames.bin", "wb")

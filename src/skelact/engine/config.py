@@ -236,15 +236,17 @@ def to_dict(cfg: Config) -> dict:
 
 
 def setup_hash(cfg: Config) -> str:
-    """12 hex digits identifying the experiment *setup*: the resolved config less what does not change
-    results (seed, run name, device, threads, loader workers, compile). Runs that differ only by seed
-    share it, so ``skelact summarize`` groups them, and only them."""
+    """12 hex digits identifying the experiment *setup*: the resolved config less the seed and what does
+    not change results (run name, device, threads, compile, loader workers, where the store lies and
+    whether it was generated). Runs that differ only by seed share it, so ``skelact summarize`` groups
+    them, and only them."""
     import hashlib
     import json
     d = to_dict(cfg)
     for key in ("seed", "name", "device", "threads", "compile"):
         d.pop(key)
-    d["data"].pop("workers")
+    for key in ("workers", "path", "generate"):
+        d["data"].pop(key)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
