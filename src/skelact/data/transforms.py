@@ -324,15 +324,18 @@ def to_stream(x: np.ndarray, stream: str, parents: tuple[int, ...], coords: int 
     if stream not in STREAMS:
         raise SkelactError(f"stream: unknown {stream!r}; known: {', '.join(STREAMS)}")
     c = x.shape[-1] if coords is None else coords
+    scores = c < x.shape[-1]
     if stream in ("b", "bm"):
         other = np.take(x, _index_array(tuple(parents)), axis=2)
         bones = x - other
-        bones[..., c:] = (x[..., c:] + other[..., c:]) / 2
+        if scores:
+            bones[..., c:] = (x[..., c:] + other[..., c:]) / 2
         x = bones
     if stream in ("jm", "bm"):
         motion = np.zeros_like(x)
         np.subtract(x[:, 1:], x[:, :-1], out=motion[:, :-1])
-        motion[:, :-1, :, c:] = (x[:, 1:, :, c:] + x[:, :-1, :, c:]) / 2
+        if scores:
+            motion[:, :-1, :, c:] = (x[:, 1:, :, c:] + x[:, :-1, :, c:]) / 2
         x = motion
     return x
 
