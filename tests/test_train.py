@@ -152,7 +152,7 @@ def _broadcast_worker(rank, out):
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     model[1].running_mean.normal_()
     d = ddp.Dist(rank, 2)
-    ddp.sync_buffers(d, model, parameters=True)
+    ddp.broadcast_state(d, model, parameters=True)
     assert ddp.all_true(d, rank == 0) is False and ddp.all_true(d, True) is True
     torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
     dist.destroy_process_group()

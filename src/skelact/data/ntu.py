@@ -390,10 +390,15 @@ SPREAD_RATIO = 0.8           # a frame is noisy when x-spread > 0.8 * y-spread
 NOISE_RATIO = 0.69754        # bodies with a noisy-frame ratio >= this are dropped
 
 
-def noisy_frame_ratio(xyz: np.ndarray) -> float:
-    """Fraction of frames of one body, xyz (T, 25, 3), whose x-spread exceeds 0.8 x its y-spread."""
+def noisy_frames(xyz: np.ndarray) -> np.ndarray:
+    """(T,) bool: the frames of one body, xyz (T, 25, 3), whose x-spread exceeds 0.8 x its y-spread."""
     spread = xyz.max(axis=1) - xyz.min(axis=1)                       # (T, 3)
-    return float(np.mean(spread[:, 0] > SPREAD_RATIO * spread[:, 1]))
+    return spread[:, 0] > SPREAD_RATIO * spread[:, 1]
+
+
+def noisy_frame_ratio(xyz: np.ndarray) -> float:
+    """Fraction of :func:`noisy_frames` of one body."""
+    return float(np.mean(noisy_frames(xyz)))
 
 
 def motion(xyz: np.ndarray) -> float:
@@ -401,8 +406,7 @@ def motion(xyz: np.ndarray) -> float:
     positions (T·25 points pooled, so body extent counts as well as movement), summed over x, y, z; for a
     body with some noisy frames, the smaller of that and the same over its clean frames only."""
     pooled = float(xyz.reshape(-1, 3).astype(np.float64).var(axis=0).sum())
-    spread = xyz.max(axis=1) - xyz.min(axis=1)                       # (T, 3)
-    clean = spread[:, 0] <= SPREAD_RATIO * spread[:, 1]
+    clean = ~noisy_frames(xyz)
     if clean.any() and not clean.all():
         pooled = min(pooled, float(xyz[clean].reshape(-1, 3).astype(np.float64).var(axis=0).sum()))
     return pooled

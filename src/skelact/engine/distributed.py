@@ -65,7 +65,7 @@ def gather_rows(d: Dist, positions: torch.Tensor, rows: torch.Tensor):
     return positions[order], rows[order]
 
 
-def sync_buffers(d: Dist, module: torch.nn.Module, parameters: bool = False) -> None:
+def broadcast_state(d: Dist, module: torch.nn.Module, parameters: bool = False) -> None:
     """Copy rank 0's buffers (BatchNorm statistics), and its parameters if asked, to every rank."""
     if d.enabled:
         with torch.no_grad():

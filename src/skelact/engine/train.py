@@ -347,7 +347,7 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
                "train_top1": 100.0 * stats[3]}
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or
                                        epoch + 1 == cfg.optim.epochs):
-            ddp.sync_buffers(d, model)
+            ddp.broadcast_state(d, model)
             logits, ids = predict(model, val_loader, device, d, cfg.amp)
             # the report's tie rule, so val_top1 and val_scores.npz agree
             row["val_top1"] = metrics.topk_accuracy(logits.numpy(), store.labels[ids.numpy()], 1)
@@ -392,10 +392,10 @@ def finish(cfg, out, d, device, store, val_ds, test_ds, model, history, best, pe
     if cfg.select == "val" and best["epoch"] is not None:
         if d.is_main:  # rank 0 wrote best.pt; the other ranks receive its weights below
             model.load_state_dict(load_checkpoint(out / "checkpoints" / "best.pt")["model"])
-        ddp.sync_buffers(d, model, parameters=True)
+        ddp.broadcast_state(d, model, parameters=True)
         selected = f"best validation epoch {best['epoch']}"
     else:
-        ddp.sync_buffers(d, model)
+        ddp.broadcast_state(d, model)
         selected = f"final epoch {cfg.optim.epochs}"
     logits, ids = predict(model, eval_loader(test_ds, cfg, d, per_rank * 2), device, d, cfg.amp)
     val_scores = None
