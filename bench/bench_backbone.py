@@ -294,6 +294,9 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     DEVICE, AMP = torch.device(args.device), (torch.bfloat16 if args.amp == "bf16" else None)
+    # One fp32 policy for both models: by default cuDNN convolutions (the reference's CTRGC convs) run in
+    # TF32 while cuBLAS matmuls (the fast model's) do not, which would compare TF32 against full fp32.
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_num_threads(args.threads)
     if args.rss_child:
         _rss_child_main(args.rss_child)
@@ -304,7 +307,9 @@ def main(argv=None):
     print(report(results, peak))
     if args.json:
         Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak, "threads": args.threads,
-                                               "device": args.device, "amp": args.amp,
+                                               "device": args.device, "amp": args.amp, "tf32": False,
+                                               "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda"
+                                               else None,
                                                "torch": torch.__version__, "results": results}, indent=1))
 
 

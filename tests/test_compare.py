@@ -73,6 +73,13 @@ def test_compare_cli_prints_and_writes(tmp_path, capsys):
     assert "| reading | writing | 6 | 1 | -5 | improved |" in out
     written = tmp_path / "frhead" / "compare_ctrgcn.md"
     assert written.is_file() and "improved" in written.read_text()
+    elsewhere = tmp_path / "reports" / "pair.md"
+    elsewhere.parent.mkdir()
+    default_text = written.read_text()
+    written.unlink()
+    assert main(["compare", str(tmp_path / "ctrgcn"), str(tmp_path / "frhead"), "--out", str(elsewhere)]) == 0
+    assert elsewhere.read_text() == default_text
+    assert not written.exists()  # --out leaves the run directory alone
     assert main(["compare", str(tmp_path / "ctrgcn"), str(tmp_path / "nope")]) == 2
     assert "no such run" in capsys.readouterr().err
 

@@ -223,6 +223,21 @@ def test_folded_ctrgcn_float32_close_and_parameters_fewer():
     assert sum(p.numel() for p in folded.parameters()) < sum(p.numel() for p in model.parameters())
 
 
+def test_folded_ctrgcn_keeps_the_autocast_dtype():
+    """Under bf16 autocast the folded model's unit outputs stay bf16 like the unfolded model's: the
+    pool branch's leftover BN affine must not promote them (and everything after) to fp32."""
+    from skelact.models import fold_batchnorm
+    model = _randomise_batchnorms(_model("ctrgcn", "ucla20", 1, 10)).eval()
+    folded = fold_batchnorm(model)
+    x = _input("ucla20", 1, 8, n=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, feats = model(x, return_features=True)
+        logits_f, feats_f = folded(x, return_features=True)
+    for tap in feats:
+        assert feats_f[tap].dtype == feats[tap].dtype == torch.bfloat16, tap
+    assert torch.isfinite(logits_f).all()
+
+
 def test_ctr_aggregate_gradcheck_with_output_shift():
     from skelact.models.ctrgcn import CTRAggregate
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,7 @@ import torch
 
 from skelact.cli import main as cli
 from skelact.engine.checkpoint import load_checkpoint
-from skelact.engine.train import carve_validation, lr_at
+from skelact.engine.train import carve_validation, lr_at, source_revision
 from skelact.engine.config import load_config
 
 # A small, fast recipe: quarter-width ST-GCN on short windows of the synthetic data.
@@ -234,3 +234,28 @@ def test_non_finite_scores_are_an_error_not_a_hit():
     x[4, 2] = float("nan")
     with pytest.raises(SkelactError, match="non-finite scores .* 1 of 6 clips .*store index 104"):
         predict(Scores(), loader(), torch.device("cpu"), ddp.Dist())
+
+
+def test_source_revision_only_for_this_package_checkout(tmp_path):
+    """env.json's git_revision names the checkout skelact runs from; an installed copy inside some other
+    repository (a virtualenv in a project folder) reports None instead of that repository's commit."""
+    def git(*cmd, cwd):
+        subprocess.run(["git", *cmd], cwd=cwd, check=True, capture_output=True,
+                       env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+    for inner in ("src/skelact", "venv/lib/site-packages/skelact"):
+        repo = tmp_path / inner.split("/")[0].replace("src", "checkout")
+        package = repo / inner
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        git("init", "-q", cwd=repo)
+        git("add", ".", cwd=repo)
+        git("commit", "-qm", "x", cwd=repo)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        if inner.startswith("src"):
+            assert source_revision(package) == head
+            (package / "__init__.py").write_text("x = 1\n")
+            assert source_revision(package) == head + "+dirty"
+        else:
+            assert source_revision(package) is None

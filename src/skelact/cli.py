@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_a")
     sp.add_argument("run_b")
     sp.add_argument("--top", type=int, default=10)
+    sp.add_argument("--out", default=None,
+                    help="write the markdown here (default: RUN_B/compare_<name of RUN_A>.md)")
     sp.set_defaults(func=cmd_compare)
 
     sp = sub.add_parser("summarize", help="mean ± std of finished runs over seeds, one row per setup")

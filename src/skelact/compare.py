@@ -125,16 +125,20 @@ def compare_markdown(r: dict, limit: int | None = None) -> str:
 
 
 def compare_command(args) -> None:
-    """``skelact compare RUN_A RUN_B [--top N]``: print the comparison and write it into RUN_B."""
+    """``skelact compare RUN_A RUN_B [--top N] [--out FILE]``: print the comparison and write it to FILE
+    (default: ``RUN_B/compare_<RUN_A's name>.md``)."""
     if args.top < 1:
         raise SkelactError(f"compare: --top must be at least 1, got {args.top}")
     a, b = load_scores(args.run_a), load_scores(args.run_b)
     result = compare(a, b, top=args.top)
     print(compare_markdown(result, limit=args.top), end="")
-    path_a, path_b = Path(args.run_a), Path(args.run_b)
-    name_a = (path_a if path_a.is_dir() else path_a.parent).resolve().name or "a"
-    safe_a = re.sub(r"[^A-Za-z0-9._-]", "_", name_a)
-    out = (path_b if path_b.is_dir() else path_b.parent) / f"compare_{safe_a}.md"
+    if args.out:
+        out = Path(args.out)
+    else:
+        path_a, path_b = Path(args.run_a), Path(args.run_b)
+        name_a = (path_a if path_a.is_dir() else path_a.parent).resolve().name or "a"
+        safe_a = re.sub(r"[^A-Za-z0-9._-]", "_", name_a)
+        out = (path_b if path_b.is_dir() else path_b.parent) / f"compare_{safe_a}.md"
     try:
         atomic_write_text(out, compare_markdown(result))
     except OSError as e:

@@ -196,14 +196,27 @@ def autocast(device, amp: str):
 
 
 # -------------------------------------------------------------------------------------- train
-def environment(device, d: ddp.Dist) -> dict:
+def source_revision(package: Path | None = None) -> str | None:
+    """The git commit of the checkout this package runs from (``+dirty`` with local changes), or None
+    for an installed copy: a site-packages folder inside some other repository must not report its commit."""
+    package = (package or Path(__file__).parents[1]).resolve()
+
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], capture_output=True, text=True, timeout=5,
+                              cwd=package).stdout.strip()
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent).stdout.strip() or None
+        top = git("rev-parse", "--show-toplevel")
+        if not top or (Path(top) / "src" / "skelact").resolve() != package:
+            return None
+        rev = git("rev-parse", "HEAD")
+        return rev + ("+dirty" if rev and git("status", "--porcelain", "--untracked-files=no") else "") or None
     except (OSError, subprocess.SubprocessError):
-        rev = None
+        return None
+
+
+def environment(device, d: ddp.Dist) -> dict:
     from .. import __version__
-    return {"skelact": __version__, "git_revision": rev, "python": sys.version.split()[0],
+    return {"skelact": __version__, "git_revision": source_revision(), "python": sys.version.split()[0],
             "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
             "device": str(device), "cuda": torch.cuda.get_device_name() if device.type == "cuda"
             else None, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -56,7 +56,8 @@ class ChannelAffine(nn.Module):
         self.register_buffer("shift", shift.reshape(-1, 1, 1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, x, self.scale)
+        # in x's dtype: under autocast fp32 buffers would promote the output (and every later op) to fp32
+        return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
 
 
 def _fold_sequentials(module: nn.Module) -> None:
