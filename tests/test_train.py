@@ -259,3 +259,23 @@ def test_source_revision_only_for_this_package_checkout(tmp_path):
             assert source_revision(package) == head + "+dirty"
         else:
             assert source_revision(package) is None
+
+
+def test_stdcl_banks_hold_one_slot_per_training_clip(synthetic_store, tmp_path):
+    """STD-CL's banks are sized by the training set (not the whole store: test and validation clips never
+    get a slot), and slot i holds training clip i."""
+    from skelact.data.store import SkeletonStore
+    run = tmp_path / "run"
+    cfg_file = tmp_path / "stdcl.yaml"
+    cfg_file.write_text("heads:\n  - name: stdcl\n    options: {n_pos: 4, n_hard_neg: 16, n_rand_neg: 16}\n")
+    assert cli(["train", "--config", str(cfg_file), *sets(synthetic_store, ["data.val_fraction=0.2"]),
+                "--epochs", "1", "--out", str(run)]) == 0
+    cfg = load_config(str(run / "config.yaml"))
+    store = SkeletonStore(synthetic_store)
+    train_idx = store.split(cfg.data.split, "train")
+    train_idx = train_idx[~carve_validation(store.labels[train_idx], cfg.data.val_fraction, cfg.seed)]
+    heads = load_checkpoint(run / "checkpoints" / "last.pt")["heads"]
+    assert heads["0.bank_s"].shape[0] == len(train_idx) < len(store)
+    filled = heads["0.filled"].numpy()
+    assert filled.sum() >= len(train_idx) - 16  # one epoch writes every clip (drop_last may skip a batch)
+    np.testing.assert_array_equal(heads["0.bank_labels"].numpy()[filled], store.labels[train_idx][filled])

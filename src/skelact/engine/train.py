@@ -122,7 +122,8 @@ def build_model_and_heads(cfg: Config, store, train_ds, device):
         for h in cfg.heads:
             try:
                 heads.append(create_head(h.name, tap_shapes=tap_shapes, num_classes=store.num_classes,
-                                         num_persons=train_ds.num_persons, num_samples=len(store),
+                                         num_persons=train_ds.num_persons,
+                                         num_samples=len(train_ds.indices),  # bank slots: training clips
                                          **h.options))
             except (TypeError, ValueError) as e:
                 raise SkelactError(f"config: heads option of {h.name!r}: {e}") from None
@@ -134,20 +135,25 @@ def build_model_and_heads(cfg: Config, store, train_ds, device):
 
 
 class Objective(torch.nn.Module):
-    """Recogniser + training-only heads as one module, so DDP synchronises every parameter."""
+    """Recogniser + training-only heads as one module, so DDP synchronises every parameter.
 
-    def __init__(self, model, heads):
+    ``slot_of`` (len(store),) maps a store index to the clip's position in the training set (-1 for
+    other clips): heads with per-sample memory (STD-CL's banks) get one slot per training clip, not one
+    per clip of the store."""
+
+    def __init__(self, model, heads, slot_of: torch.Tensor):
         super().__init__()
-        self.model, self.heads = model, heads
+        self.model, self.heads, self.slot_of = model, heads, slot_of
 
     def forward(self, x, y, idx):
-        """x (N, C, T, V, M), y (N,), idx (N,) store indices -> logits (N, K), CE, aux loss."""
+        """x (N, C, T, V, M), y (N,), idx (N,) store indices of training clips -> logits (N, K), CE, aux."""
         if len(self.heads):
             logits, feats = self.model(x, return_features=True)
         else:
             logits, feats = self.model(x), None
         ce = F.cross_entropy(logits.float(), y)
-        aux = sum((h(feats, logits, y, idx) for h in self.heads), torch.zeros((), device=x.device))
+        slots = self.slot_of[idx] if len(self.heads) else None
+        aux = sum((h(feats, logits, y, slots) for h in self.heads), torch.zeros((), device=x.device))
         return logits, ce, aux
 
 
@@ -298,7 +304,9 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
                                f"({str(e).strip().splitlines()[0][:200]})") from None
         start_epoch, history, best = resume["epoch"] + 1, resume["history"], resume["best"]
 
-    net = Objective(model, heads)
+    slot_of = torch.full((len(store),), -1, dtype=torch.long)
+    slot_of[torch.as_tensor(train_ds.indices)] = torch.arange(len(train_ds.indices))
+    net = Objective(model, heads, slot_of.to(device))
     if d.enabled:  # buffers (BN statistics, prototypes) are kept equal by the heads / synced for eval
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
