@@ -307,7 +307,8 @@ def main(argv=None):
     print(report(results, peak))
     if args.json:
         Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak, "threads": args.threads,
-                                               "device": args.device, "amp": args.amp, "tf32": False,
+                                               "device": args.device, "amp": args.amp,
+                                               "tf32": False if DEVICE.type == "cuda" else None,
                                                "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda"
                                                else None,
                                                "torch": torch.__version__, "results": results}, indent=1))

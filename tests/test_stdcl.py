@@ -184,9 +184,9 @@ def test_errors_and_registry():
         create_head("stdcl", TAPS, 3, 2, num_samples=10, temperature=0)
     head = create_head("stdcl", TAPS, 3, 2, num_samples=10, n_pos=1, weight=1.0)
     assert isinstance(head, STDCLHead) and head.weight == 1.0 and head.n_pos == 1
-    with pytest.raises(SkelactError, match="index"):
+    with pytest.raises(SkelactError, match="bank slot"):
         head(_feats(2), torch.randn(2, 3), torch.tensor([0, 1]))
-    with pytest.raises(SkelactError, match="range"):
+    with pytest.raises(SkelactError, match="bank slot out of range"):
         head(_feats(2), torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 10]))
 
 

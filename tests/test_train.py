@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,6 +237,7 @@ def test_non_finite_scores_are_an_error_not_a_hit():
         predict(Scores(), loader(), torch.device("cpu"), ddp.Dist())
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_source_revision_only_for_this_package_checkout(tmp_path):
     """env.json's git_revision names the checkout skelact runs from; an installed copy inside some other
     repository (a virtualenv in a project folder) reports None instead of that repository's commit."""
@@ -244,8 +246,8 @@ def test_source_revision_only_for_this_package_checkout(tmp_path):
                        env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
                             "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
 
-    for inner in ("src/skelact", "venv/lib/site-packages/skelact"):
-        repo = tmp_path / inner.split("/")[0].replace("src", "checkout")
+    for repo, inner in ((tmp_path / "checkout", "src/skelact"),
+                        (tmp_path / "project", "venv/lib/site-packages/skelact")):
         package = repo / inner
         package.mkdir(parents=True)
         (package / "__init__.py").write_text("")
@@ -279,3 +281,18 @@ def test_stdcl_banks_hold_one_slot_per_training_clip(synthetic_store, tmp_path):
     filled = heads["0.filled"].numpy()
     assert filled.sum() >= len(train_idx) - 16  # one epoch writes every clip (drop_last may skip a batch)
     np.testing.assert_array_equal(heads["0.bank_labels"].numpy()[filled], store.labels[train_idx][filled])
+
+    # a checkpoint from before (one bank row per store clip, at the store index) still resumes
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    for key in ("0.bank_s", "0.bank_t", "0.bank_labels", "0.filled"):
+        old = torch.zeros((len(store), *ckpt["heads"][key].shape[1:]), dtype=ckpt["heads"][key].dtype)
+        old[torch.as_tensor(train_idx)] = ckpt["heads"][key]
+        ckpt["heads"][key] = old
+    ckpt["epoch"], ckpt["history"] = -1, []  # so that resuming trains epoch 1 again, from these banks
+    torch.save(ckpt, run / "checkpoints" / "last.pt")
+    first = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()
+    assert cli(["train", "--resume", str(run)]) == 0
+    again = json.loads((run / "summary.json").read_text())
+    assert heads["0.bank_s"].shape == load_checkpoint(run / "checkpoints" / "last.pt")["heads"]["0.bank_s"].shape
+    assert again["epochs"] == first["epochs"] == 1

@@ -143,7 +143,8 @@ class Objective(torch.nn.Module):
 
     def __init__(self, model, heads, slot_of: torch.Tensor):
         super().__init__()
-        self.model, self.heads, self.slot_of = model, heads, slot_of
+        self.model, self.heads = model, heads
+        self.register_buffer("slot_of", slot_of, persistent=False)
 
     def forward(self, x, y, idx):
         """x (N, C, T, V, M), y (N,), idx (N,) store indices of training clips -> logits (N, K), CE, aux."""
@@ -203,8 +204,9 @@ def autocast(device, amp: str):
 
 # -------------------------------------------------------------------------------------- train
 def source_revision(package: Path | None = None) -> str | None:
-    """The git commit of the checkout this package runs from (``+dirty`` with local changes), or None
-    for an installed copy: a site-packages folder inside some other repository must not report its commit."""
+    """The git commit of the checkout this package runs from (``+dirty`` with uncommitted changes
+    anywhere in that checkout, configs included), or None for an installed copy: a site-packages
+    folder inside some other repository must not report that repository's commit."""
     package = (package or Path(__file__).parents[1]).resolve()
 
     def git(*cmd):
@@ -274,6 +276,17 @@ def main(args) -> dict:
     return train(cfg, out, resume)
 
 
+def _bank_rows(state: dict, heads, store_size: int, train_indices) -> dict:
+    """Heads' state from a checkpoint written when per-sample memory (STD-CL's banks) had one row per
+    clip of the store, indexed by store index: keep the training clips' rows, in slot order. Other
+    states pass unchanged."""
+    current, rows = heads.state_dict(), torch.as_tensor(train_indices)
+    def old_layout(key, v):
+        return (key in current and v.ndim > 0 and v.shape[0] == store_size
+                and current[key].shape[0] == len(rows) != store_size)
+    return {k: v[rows] if old_layout(k, v) else v for k, v in state.items()}
+
+
 def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SkelactError("config: device=cuda but no CUDA device is available")
@@ -295,7 +308,7 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
     if resume is not None:
         try:
             model.load_state_dict(resume["model"])
-            heads.load_state_dict(resume["heads"])
+            heads.load_state_dict(_bank_rows(resume["heads"], heads, len(store), train_ds.indices))
             opt.load_state_dict(resume["optimizer"])
             if resume.get("scaler"):
                 scaler.load_state_dict(resume["scaler"])

@@ -2,8 +2,8 @@
 
 A supervised, training-only head: the final feature map is decoupled into a spatial (mean over T) and a
 temporal (mean over V) embedding; each is contrasted against a memory bank holding one L2-normalised
-embedding per training sample (addressed by the dataset index), with hard positive / hard and random
-negative mining. Loss: ``weight · (L_spatial + L_temporal)``, weight ½ by default.
+embedding per training sample (addressed by its slot: the clip's position in the training set), with
+hard positive / hard and random negative mining. Loss: ``weight · (L_spatial + L_temporal)``, weight ½ by default.
 
 About "attentive features": the paper's abstract says the method "employs the attentive features to
 contrastive learning", but no attention module is visible in the released code. The only focusing
@@ -95,7 +95,7 @@ class STDCLHead(nn.Module):
     Args:
         tap_shapes: {tap: (C, T, V)}; only ``tap`` (default "final") is used.
         num_classes: K (unused by the loss, kept for the common head signature). num_persons: M.
-        num_samples: S, the number of training samples = bank slots (dataset indices 0..S-1).
+        num_samples: S, the number of training samples = bank slots (slots 0..S-1).
         embed_dim: E. reduction: the 1×1 conv maps C → C // reduction (8).
         n_pos, n_hard_neg, n_rand_neg, temperature, exclude_self: see :func:`stdcl_loss`.
         weight: multiplies L_s + L_t (½ as in the paper).
@@ -188,11 +188,11 @@ class STDCLHead(nn.Module):
                 index: torch.Tensor | None = None) -> torch.Tensor:
         """feats {tap: (N·M, C, T, V)}, logits (N, K) (unused), labels (N,), index (N,) → () aux loss."""
         if index is None:
-            raise SkelactError("head: stdcl needs the dataset sample index of every clip")
+            raise SkelactError("head: stdcl needs the bank slot (training-set position) of every clip")
         device = self.filled.device
         index, labels = index.to(device).long(), labels.to(device).long()
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.filled.shape[0]):
-            raise SkelactError(f"head.num_samples: sample index out of range 0..{self.filled.shape[0] - 1}")
+            raise SkelactError(f"head.num_samples: bank slot out of range 0..{self.filled.shape[0] - 1}")
         z_s, z_t = self.embed(feats, labels.shape[0])
         if self.training:
             self.write(index, labels, z_s, z_t)
