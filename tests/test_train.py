@@ -14,7 +14,7 @@ import torch
 
 from skelact.cli import main as cli
 from skelact.engine.checkpoint import load_checkpoint
-from skelact.engine.train import carve_validation, lr_at, source_revision
+from skelact.engine.train import _bank_rows, carve_validation, lr_at, source_revision
 from skelact.engine.config import load_config
 
 # A small, fast recipe: quarter-width ST-GCN on short windows of the synthetic data.
@@ -288,6 +288,8 @@ def test_stdcl_banks_hold_one_slot_per_training_clip(synthetic_store, tmp_path):
         old = torch.zeros((len(store), *ckpt["heads"][key].shape[1:]), dtype=ckpt["heads"][key].dtype)
         old[torch.as_tensor(train_idx)] = ckpt["heads"][key]
         ckpt["heads"][key] = old
+    for key, v in _bank_rows(ckpt["heads"], heads, len(store), train_idx).items():
+        torch.testing.assert_close(v, heads[key], rtol=0, atol=0)  # gathered back to the slots
     ckpt["epoch"], ckpt["history"] = -1, []  # so that resuming trains epoch 1 again, from these banks
     torch.save(ckpt, run / "checkpoints" / "last.pt")
     first = json.loads((run / "summary.json").read_text())

@@ -276,11 +276,12 @@ def main(args) -> dict:
     return train(cfg, out, resume)
 
 
-def _bank_rows(state: dict, heads, store_size: int, train_indices) -> dict:
+def _bank_rows(state: dict, current: dict, store_size: int, train_indices) -> dict:
     """Heads' state from a checkpoint written when per-sample memory (STD-CL's banks) had one row per
     clip of the store, indexed by store index: keep the training clips' rows, in slot order. Other
-    states pass unchanged."""
-    current, rows = heads.state_dict(), torch.as_tensor(train_indices)
+    states pass unchanged. ``current``: the heads' own state dict (for the expected shapes)."""
+    rows = torch.as_tensor(train_indices)
+
     def old_layout(key, v):
         return (key in current and v.ndim > 0 and v.shape[0] == store_size
                 and current[key].shape[0] == len(rows) != store_size)
@@ -308,7 +309,7 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
     if resume is not None:
         try:
             model.load_state_dict(resume["model"])
-            heads.load_state_dict(_bank_rows(resume["heads"], heads, len(store), train_ds.indices))
+            heads.load_state_dict(_bank_rows(resume["heads"], heads.state_dict(), len(store), train_ds.indices))
             opt.load_state_dict(resume["optimizer"])
             if resume.get("scaler"):
                 scaler.load_state_dict(resume["scaler"])
