@@ -4,6 +4,7 @@ reference-structured CTR-GCN (bench/reference_ctrgcn.py), same weights, same pro
     python bench/bench_backbone.py                    # both shapes, 7 interleaved repetitions
     python bench/bench_backbone.py --shapes ntu --reps 3 --json out.json
     python bench/bench_backbone.py --device cuda --batch 64 [--amp bf16]    # on a GPU
+    python bench/bench_backbone.py --malloc keep      # glibc keeps freed memory: no page faults
 
 Measured per shape (NW-UCLA (3, 52, 20, 1), 10 classes; NTU (3, 64, 25, 2), 60 classes):
 - training throughput, samples/s: forward + cross-entropy + backward + SGD step at batch 16; the two
@@ -15,7 +16,8 @@ Measured per shape (NW-UCLA (3, 52, 20, 1), 10 classes; NTU (3, 64, 25, 2), 60 c
   reset through /proc/self/clear_refs) of a fresh process that runs two training steps of one model
   (an OS-level cross-check: it also sees transient buffers, gradients and allocator slack);
 - inference latency at batch 1 (eval mode, inference_mode), median over interleaved runs, also of the
-  fast model with its BatchNorms folded (skelact.models.fold_batchnorm).
+  fast model with its BatchNorms folded (skelact.models.fold_batchnorm);
+- minor page faults per training step of each model (on CPU they decide much of the run-to-run spread).
 
 On a GPU (``--device cuda``) every timing is bracketed by torch.cuda.synchronize(), the peak memory is
 the CUDA allocator's (torch.cuda.max_memory_allocated over two training steps, in this process), and
@@ -26,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +50,7 @@ from skelact.models.graph import adjacency  # noqa: E402
 SHAPES = {"ucla": ("ucla20", 52, 1, 10), "ntu": ("ntu25", 64, 2, 60)}  # layout, T, M, classes
 DEVICE = torch.device("cpu")  # set by --device
 AMP: torch.dtype | None = None  # set by --amp
+MALLOC = "default"  # set by --malloc
 
 
 def build(shape: str, seed: int = 0):
@@ -127,7 +132,7 @@ def saved_bytes(model, x) -> float:
 def rss_child(shape: str, which: str, n: int, threads: int) -> float:
     """Run two training steps of one model in a fresh process; return its peak-RSS growth per sample."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", f"{shape}:{which}:{n}",
-           "--threads", str(threads)]
+           "--threads", str(threads), "--malloc", MALLOC]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -185,12 +190,28 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def interleaved(fns: dict, reps: int) -> dict[str, list[float]]:
-    """Alternate A B / B A ... so that slow drifts of the machine hit both equally."""
+def keep_freed_memory() -> None:
+    """glibc: serve large blocks from the heap and never return its top to the OS, so freed memory is
+    reused without new page faults (mallopt M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 1 TiB, M_TOP_PAD = 64 MiB)."""
+    libc = ctypes.CDLL("libc.so.6")
+    if not all(libc.mallopt(opt, val) == 1 for opt, val in ((-4, 0), (-1, 2 ** 40), (-2, 64 << 20))):
+        raise SystemExit("--malloc keep: glibc's mallopt refused the setting")
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def interleaved(fns: dict, reps: int, faults: dict | None = None) -> dict[str, list[float]]:
+    """Alternate A B / B A ... so that slow drifts of the machine hit both equally. If ``faults`` is
+    given, the minor page faults of each call are appended to ``faults[name]``."""
     names, times = list(fns), {k: [] for k in fns}
     for r in range(reps):
         for k in (names if r % 2 == 0 else names[::-1]):
+            f0 = _minor_faults()
             times[k].append(_timed(fns[k]))
+            if faults is not None:
+                faults.setdefault(k, []).append(_minor_faults() - f0)
     return times
 
 
@@ -209,10 +230,12 @@ def bench_shape(shape: str, args) -> dict:
     steps = {k: train_step_fn(m, x, y) for k, m in models.items()}
     for s in steps.values():  # warm-up (oneDNN primitive caches, allocator)
         s()
-    times = interleaved(steps, args.reps)
+    faults: dict[str, list[int]] = {}
+    times = interleaved(steps, args.reps, faults)
     for name in models:
         med = statistics.median(times[name])
         res[name].update(step_s=times[name], step_median_s=med, samples_per_s=args.batch / med,
+                         minor_faults_per_step=faults[name],
                          gflops_achieved=res[name]["gflop_step_per_sample"] * args.batch / med)
     # inference latency, batch 1
     x1 = x[:1]
@@ -251,7 +274,8 @@ def report(results: list[dict], peak: float) -> str:
     where = (torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{torch.get_num_threads()} CPU threads")
     dtype = str(AMP or torch.float32).removeprefix("torch.")
     lines = [f"{dtype} matmul peak (torch.mm, {where}): {peak:.0f} GFLOP/s"
-             + (f"; both models under {dtype} autocast" if AMP else ""), ""]
+             + (f"; both models under {dtype} autocast" if AMP else "")
+             + ("; glibc malloc keeps freed memory" if MALLOC == "keep" else ""), ""]
     peak_kind = "CUDA" if DEVICE.type == "cuda" else "RSS"
     head = ("| shape | model | train samples/s | step median s | GFLOP/sample fwd / step | achieved GFLOP/s "
             f"(% peak) | saved MiB/sample | peak {peak_kind} MiB/sample | latency b=1 ms |")
@@ -271,9 +295,11 @@ def report(results: list[dict], peak: float) -> str:
         extra = f", peak-{peak_kind} ratio {res['peak_memory_ratio']:.2f}" if "peak_memory_ratio" in res else ""
         lat_r, lat_f = res["reference"]["latency_b1_ms"], res["fast"]["latency_b1_ms"]
         lat_ff = res["fast_folded_latency_b1_ms"]
+        flt = "/".join(f"{statistics.median(res[k]['minor_faults_per_step']):.0f}" for k in ("reference", "fast"))
         lines.append(f"- {res['shape']}: fast/reference throughput {res['speedup']:.2f}x, saved-memory ratio "
                      f"{res['saved_memory_ratio']:.2f}{extra}; latency b=1: reference {lat_r:.1f} ms, "
-                     f"fast {lat_f:.1f} ms, fast with BN folded {lat_ff:.1f} ms ({lat_ff / lat_r:.2f}x)")
+                     f"fast {lat_f:.1f} ms, fast with BN folded {lat_ff:.1f} ms ({lat_ff / lat_r:.2f}x); "
+                     f"minor page faults per training step (median), reference/fast: {flt}")
     return "\n".join(lines)
 
 
@@ -287,10 +313,15 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast both models to bf16")
     p.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak-RSS measurement")
+    p.add_argument("--malloc", default="default", choices=["default", "keep"],
+                   help="keep: glibc keeps freed memory for reuse (no page faults after warm-up); Linux/glibc")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    global DEVICE, AMP
+    if args.malloc == "keep":
+        keep_freed_memory()
+    global DEVICE, AMP, MALLOC
+    MALLOC = args.malloc
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     DEVICE, AMP = torch.device(args.device), (torch.bfloat16 if args.amp == "bf16" else None)
@@ -307,7 +338,7 @@ def main(argv=None):
     print(report(results, peak))
     if args.json:
         Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak, "threads": args.threads,
-                                               "device": args.device, "amp": args.amp,
+                                               "malloc": args.malloc, "device": args.device, "amp": args.amp,
                                                "tf32": False if DEVICE.type == "cuda" else None,
                                                "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda"
                                                else None,

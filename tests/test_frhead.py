@@ -136,6 +136,20 @@ def test_loss_logits_and_prototypes_get_no_gradient():
     assert logits.grad is None and prototypes.grad is None and z.grad is not None
 
 
+def test_loss_and_update_stay_float32_under_autocast():
+    """Mixed precision must not reach the similarities / class means: a bf16 matmul would move the loss
+    by ~1e-3 here (cosines rounded to 2^-8, then divided by tau)."""
+    z, prototypes, logits, labels = make_case("random", seed=4)
+    plain = fr_head_loss(z, prototypes, logits, labels)
+    updated = update_prototypes(prototypes.clone(), z, logits, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = fr_head_loss(z, prototypes, logits, labels)
+        updated_mixed = update_prototypes(prototypes.clone(), z, logits, labels)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(updated_mixed, updated, rtol=1e-6, atol=1e-6)
+
+
 def test_loss_numerically_stable_at_small_tau():
     z, prototypes, logits, labels = make_case("random")
     z.requires_grad_(True)

@@ -503,6 +503,18 @@ def test_denoising_never_returns_an_empty_clip():
     assert clip.shape == (1, 30, 25, 3)
 
 
+def test_when_every_body_is_noisy_the_last_in_file_order_is_kept_as_in_sgn():
+    """SGN's spread stage deletes noisy bodies in file order but stops when one is left, so the last
+    body survives — here the shorter, noisier one, not the longest."""
+    rng = np.random.default_rng(7)
+    lying = [standing_body(range(n), rng, sway=s) for n, s in ((40, 0.3), (30, 0.1))]
+    lying = [(frames, xyz[..., [1, 0, 2]]) for frames, xyz in lying]
+    assert all(ntu.noisy_frame_ratio(xyz) >= ntu.NOISE_RATIO for _, xyz in lying)
+    clip = ntu.denoise(skeleton(*lying))
+    assert clip.shape == (1, 30, 25, 3)
+    np.testing.assert_allclose(clip[0], lying[1][1] - lying[1][1][0, 1], atol=1e-6)
+
+
 def test_real_two_person_clip_keeps_both(ntu_files):
     for path in ntu_files:
         clip = ntu.load_clip(path)

@@ -78,6 +78,17 @@ def test_loss_matches_slow_loop(sizes, exclude_self):
     assert bool(z1.grad[0].abs().sum() > 0) == class2_valid and z1.grad[1:].abs().sum() > 0
 
 
+def test_loss_stays_float32_under_autocast():
+    z, labels, index, bank, bank_labels, filled = make_bank()
+    kw = dict(n_pos=2, n_hard_neg=4, n_rand_neg=3, temperature=0.8)
+    plain = stdcl_loss(z, labels, index, bank, bank_labels, filled, **kw, generator=torch.Generator().manual_seed(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = stdcl_loss(z, labels, index, bank, bank_labels, filled, **kw,
+                           generator=torch.Generator().manual_seed(5))
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, rtol=1e-6, atol=1e-6)
+
+
 def test_skip_conditions():
     z, labels, index, bank, bank_labels, filled = make_bank()
     n_negs = [int((filled & (bank_labels != y)).sum()) for y in labels]

@@ -415,8 +415,10 @@ def motion(xyz: np.ndarray) -> float:
 def denoise(skeleton: dict) -> np.ndarray:
     """Turn :func:`read_skeleton`'s bodies into a clip float32 (M, T, 25, 3), M = 1 or 2.
 
-    Drops bodies lasting <= 11 frames, then bodies with a noisy-frame ratio >= 0.69754 (a stage that
-    would drop every body keeps the longest instead); ranks the rest by :func:`motion`. Actor 1 is the
+    Drops bodies lasting <= 11 frames (if that would drop every body, the longest is kept: SGN's code
+    fails there), then bodies with a noisy-frame ratio >= 0.69754 (if every body is noisy, the last in
+    file order is kept, as SGN's loop never deletes the last remaining body); ranks the rest by
+    :func:`motion`. Actor 1 is the
     body with most motion; each further body whose frame interval does not overlap actor 1's goes to actor
     1 (filling its missing frames), else, if it does not overlap actor 2's, to actor 2; bodies
     overlapping both are dropped. "Overlap" is SGN's (more than one shared frame; actor 2's interval
@@ -427,8 +429,9 @@ def denoise(skeleton: dict) -> np.ndarray:
     bodies = list(skeleton["bodies"].values())                      # [(frames (T_b,), xyz (T_b, 25, 3))]
     if not bodies:
         raise BadSample("no skeleton")
-    bodies = _keep(bodies, lambda frames, xyz: len(frames) > MIN_FRAMES)
-    bodies = _keep(bodies, lambda frames, xyz: noisy_frame_ratio(xyz) < NOISE_RATIO)
+    bodies = _keep(bodies, lambda frames, xyz: len(frames) > MIN_FRAMES,
+                   otherwise=max(bodies, key=lambda body: len(body[0])))   # the first of equals
+    bodies = _keep(bodies, lambda frames, xyz: noisy_frame_ratio(xyz) < NOISE_RATIO, otherwise=bodies[-1])
     bodies.sort(key=lambda body: motion(body[1]), reverse=True)      # stable: ties keep file order
 
     actors: list[list] = [[bodies[0]], []]
@@ -458,10 +461,10 @@ def denoise(skeleton: dict) -> np.ndarray:
     return clip
 
 
-def _keep(bodies: list, test) -> list:
-    """The bodies passing test(frames, xyz); if none does, the longest one (the first of equals)."""
+def _keep(bodies: list, test, otherwise) -> list:
+    """The bodies passing test(frames, xyz); if none does, [otherwise]."""
     kept = [body for body in bodies if test(*body)]
-    return kept or [max(bodies, key=lambda body: len(body[0]))]
+    return kept or [otherwise]
 
 
 def load_clip(path: str | os.PathLike) -> np.ndarray:

@@ -13,6 +13,7 @@ Symbols: N batch, M persons, C channels, T frames, V joints, K classes, D embedd
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import torch
@@ -24,6 +25,17 @@ from ._dist import all_reduce_sum
 
 ANCHORS = ("tp", "all")
 DEFAULT_LAMBDAS = {"low": 0.1, "mid": 0.2, "high": 0.5, "final": 1.0}
+
+
+def float32_math(fn):
+    """Run ``fn`` with autocast off on the device of its first argument (a tensor): under mixed precision
+    a loss's similarities, class means and bank updates stay float32 (autocast would run their matmuls in
+    bf16 / fp16, whose rounding of cosines near 1 is ≈ 0.03 after dividing by τ = 0.125)."""
+    @functools.wraps(fn)
+    def wrapper(first: torch.Tensor, *args, **kwargs):
+        with torch.autocast(first.device.type, enabled=False):
+            return fn(first, *args, **kwargs)
+    return wrapper
 
 
 def _check_choice(key: str, value, valid) -> None:
@@ -67,6 +79,7 @@ def _class_means(z: torch.Tensor, mask: torch.Tensor):
     return means, counts > 0
 
 
+@float32_math
 def fr_head_loss(z: torch.Tensor, prototypes: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, *,
                  tau: float = 0.125, anchors: str = "tp", confidence_weight: bool = True,
                  threshold: float = 0.0) -> torch.Tensor:
@@ -106,6 +119,7 @@ def fr_head_loss(z: torch.Tensor, prototypes: torch.Tensor, logits: torch.Tensor
 
 
 @torch.no_grad()
+@float32_math
 def update_prototypes(prototypes: torch.Tensor, z: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, *,
                       momentum: float = 0.9, threshold: float = 0.0) -> torch.Tensor:
     """In place: P_k ← m·P_k + (1−m)·mean_{i∈TP_k} z_i for every class k with at least one TP (§1.4).

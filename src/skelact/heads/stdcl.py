@@ -22,9 +22,10 @@ from torch import nn
 
 from ..errors import SkelactError
 from ._dist import all_gather_rows
-from .frhead import _check_choice, _check_range
+from .frhead import _check_choice, _check_range, float32_math
 
 
+@float32_math
 def stdcl_loss(z: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, bank: torch.Tensor,
                bank_labels: torch.Tensor, filled: torch.Tensor, *, n_pos: int = 128, n_hard_neg: int = 512,
                n_rand_neg: int = 512, temperature: float = 0.8, exclude_self: bool = True,
