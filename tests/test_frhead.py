@@ -321,6 +321,19 @@ def _ddp_batches():
     return out
 
 
+DDP_TAPS = {"high": (8, 5, 3), "final": (8, 5, 3)}
+
+
+def _ddp_head():
+    """An FRHead whose BatchNorms use fixed statistics, so that only the mining can differ across ranks."""
+    torch.manual_seed(0)
+    head = FRHead(DDP_TAPS, num_classes=4, num_persons=1, lambdas={"high": 0.5, "final": 1.0})
+    for m in head.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return head
+
+
 def _ddp_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
     torch.set_num_threads(1)
@@ -329,13 +342,13 @@ def _ddp_worker(rank, world, init_file, out_dir):
         z, logits, labels = _ddp_batches()[rank]
         protos = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
         update_prototypes(protos, z, logits, labels, momentum=0.9)
-        taps = {"high": (8, 5, 3), "final": (8, 5, 3)}
-        torch.manual_seed(0)
-        head = FRHead(taps, num_classes=4, num_persons=1, lambdas={"high": 0.5, "final": 1.0})
-        feats = _feats(taps, len(labels), 1, seed=rank)
-        head(feats, logits, labels).backward()
-        torch.save({"protos": protos, "head": {k: v for k, v in head.state_dict().items() if "proto" in k}},
-                   f"{out_dir}/rank{rank}.pt")
+        head = _ddp_head()
+        feats = _feats(DDP_TAPS, len(labels), 1, seed=rank, requires_grad=True)
+        loss = head(feats, logits, labels)
+        loss.backward()
+        torch.save({"protos": protos, "head": {k: v for k, v in head.state_dict().items() if "proto" in k},
+                    "loss": loss.detach(), "feat_grads": {k: f.grad for k, f in feats.items()},
+                    "param_grads": {k: p.grad for k, p in head.named_parameters()}}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -354,3 +367,26 @@ def test_prototypes_identical_across_gloo_ranks(tmp_path):
     torch.testing.assert_close(single, slow_update(initial, *union))
     changed = (single != initial).any(dim=1).tolist()
     assert changed == [True, True, False, True]
+
+
+def test_loss_and_gradients_under_ddp_equal_one_process_with_the_whole_batch(tmp_path):
+    """TP / FN / FP sets, class means and the anchor average span both ranks' batches: each rank's loss is
+    the one-process loss on the union, each rank's feature gradient is world_size x its rows' one-process
+    gradient (the scale of a per-rank loss), and DDP's average of parameter gradients is the one-process
+    gradient."""
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    batches = _ddp_batches()
+    logits, labels = (torch.cat([b[i] for b in batches]) for i in (1, 2))
+    parts = [_feats(DDP_TAPS, len(b[2]), 1, seed=r) for r, b in enumerate(batches)]
+    feats = {tap: torch.cat([p[tap] for p in parts]).requires_grad_(True) for tap in DDP_TAPS}
+    head = _ddp_head()
+    loss = head(feats, logits, labels)
+    loss.backward()
+    rows = [slice(0, len(batches[0][2])), slice(len(batches[0][2]), None)]
+    for r, res in enumerate(ranks):
+        torch.testing.assert_close(res["loss"], loss.detach())
+        for tap in DDP_TAPS:
+            torch.testing.assert_close(res["feat_grads"][tap], 2 * feats[tap].grad[rows[r]])
+    for name, p in head.named_parameters():
+        torch.testing.assert_close((ranks[0]["param_grads"][name] + ranks[1]["param_grads"][name]) / 2, p.grad)

@@ -202,10 +202,10 @@ def test_errors_and_registry():
 
 
 # ----------------------------------------------------------------------------- torch.distributed
-def _rank_batch(rank):
+def _rank_batch(rank, requires_grad=False):
     labels = [torch.tensor([0, 1, 2, 0, 1]), torch.tensor([2, 2, 0])][rank]
     index = [torch.tensor([0, 1, 2, 3, 4]), torch.tensor([5, 6, 4])][rank]    # index 4 on both ranks
-    return _feats(len(labels), seed=10 + rank), labels, index
+    return _feats(len(labels), seed=10 + rank, requires_grad=requires_grad), labels, index
 
 
 def _ddp_worker(rank, world, init_file, out_dir):
@@ -214,18 +214,39 @@ def _ddp_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         head = _head(n_pos=1, n_hard_neg=1, n_rand_neg=1)
-        feats, labels, index = _rank_batch(rank)
-        head(feats, torch.randn(len(labels), 3), labels, index).backward()
-        torch.save({k: v for k, v in head.state_dict().items() if k.startswith(("bank", "filled"))},
-                   f"{out_dir}/rank{rank}.pt")
+        feats, labels, index = _rank_batch(rank, requires_grad=True)
+        loss = head(feats, torch.zeros(len(labels), 3), labels, index)
+        loss.backward()
+        torch.save({"state": {k: v for k, v in head.state_dict().items() if k.startswith(("bank", "filled"))},
+                    "loss": loss.detach(), "feat_grads": {k: f.grad for k, f in feats.items()},
+                    "param_grads": {k: p.grad for k, p in head.named_parameters()}}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_banks_identical_across_gloo_ranks(tmp_path):
+def test_banks_loss_and_gradients_under_ddp_match_one_process(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    r0, r1 = (res["state"] for res in ranks)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    # the anchors are both ranks' batches: loss and (DDP-averaged) gradients of one process on the union;
+    # the random negatives match too, as every rank draws keys for all anchors from the same seed
+    batches = [_rank_batch(r) for r in (0, 1)]
+    feats = {tap: torch.cat([b[0][tap] for b in batches]).requires_grad_(True) for tap in TAPS}
+    head = _head(n_pos=1, n_hard_neg=1, n_rand_neg=1)
+    loss = head(feats, torch.zeros(8, 3), *(torch.cat([b[i] for b in batches]) for i in (1, 2)))
+    loss.backward()
+    assert loss > 0
+    for r, res in enumerate(ranks):
+        torch.testing.assert_close(res["loss"], loss.detach())
+        rows = slice(0, 10) if r == 0 else slice(10, None)                      # 2 persons per clip
+        for tap in TAPS:                                                        # the taps the head uses
+            if feats[tap].grad is None:
+                assert res["feat_grads"][tap] is None
+            else:
+                torch.testing.assert_close(res["feat_grads"][tap], 2 * feats[tap].grad[rows])
+    for name, p in head.named_parameters():
+        torch.testing.assert_close((ranks[0]["param_grads"][name] + ranks[1]["param_grads"][name]) / 2, p.grad)
     head = _head(n_pos=1, n_hard_neg=1, n_rand_neg=1)
     batches = [_rank_batch(r) for r in (0, 1)]
     z = [head.embed(f, len(y)) for f, y, _ in batches]

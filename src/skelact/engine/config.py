@@ -71,6 +71,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "none"  # none | bf16 | fp16 (CUDA only)
+    sync_bn: bool = True  # under DDP: BatchNorm statistics over all ranks' batches (= one process)
     compile: bool = False
     select: str = "final"  # final | val: which checkpoint's test result is reported
     eval_every: int = 1  # validate every N epochs (when a validation split exists)
@@ -237,13 +238,13 @@ def to_dict(cfg: Config) -> dict:
 
 def setup_hash(cfg: Config) -> str:
     """12 hex digits identifying the experiment *setup*: the resolved config less the seed and what does
-    not change results (run name, device, threads, compile, loader workers, where the store lies and
-    whether it was generated). Runs that differ only by seed share it, so ``skelact summarize`` groups
+    not change results (run name, device, threads, compile, sync_bn (a no-op in one process), loader
+    workers, where the store lies and whether it was generated). Runs that differ only by seed share it, so ``skelact summarize`` groups
     them, and only them."""
     import hashlib
     import json
     d = to_dict(cfg)
-    for key in ("seed", "name", "device", "threads", "compile"):
+    for key in ("seed", "name", "device", "threads", "compile", "sync_bn"):
         d.pop(key)
     for key in ("workers", "path", "generate"):
         d["data"].pop(key)

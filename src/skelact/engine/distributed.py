@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 @dataclass
@@ -88,6 +90,90 @@ def all_true(d: Dist, flag: bool) -> bool:
     t = torch.tensor([int(flag)], device=d.device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+class _SyncBatchNormFn(torch.autograd.Function):
+    """Training-mode BatchNorm over the union of every rank's batch, for any device and memory layout.
+
+    Forward: global mean, then global biased variance of the centred input (two all-reduces, two passes:
+    as accurate as one process's BatchNorm); running statistics get the unbiased variance, as in
+    ``F.batch_norm``. Backward: ``dx = w·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))`` with global means;
+    the weight and bias gradients stay local sums, which DDP then averages like every other gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps: float, momentum: float):
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # half precision: statistics in float32
+        local = torch.cat([xf.sum(dims), xf.new_tensor([x.numel() / x.shape[1]])])
+        dist.all_reduce(local)
+        count = float(local[-1])
+        mean = local[:-1] / count
+        centred = xf - mean.view(shape)
+        var = centred.square().sum(dims)
+        dist.all_reduce(var)
+        var /= count
+        invstd = torch.rsqrt(var + eps)
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_((var * count / max(count - 1, 1)).to(running_var.dtype),
+                                                alpha=momentum)
+        xhat = centred * invstd.view(shape)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.count = count
+        y = xhat if weight is None else xhat * weight.to(xf.dtype).view(shape) + bias.to(xf.dtype).view(shape)
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, mean, invstd = ctx.saved_tensors
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        g = gy.to(mean.dtype)
+        xhat = (x.to(mean.dtype) - mean.view(shape)) * invstd.view(shape)
+        local = torch.stack([g.sum(dims), (g * xhat).sum(dims)])  # (2, C): Σ dy, Σ dy·x̂ on this rank
+        total = local.clone()
+        dist.all_reduce(total)
+        scale = invstd if weight is None else invstd * weight.to(mean.dtype)
+        gx = scale.view(shape) * (g - total[0].view(shape) / ctx.count - xhat * (total[1] / ctx.count).view(shape))
+        gw = None if weight is None else local[1].to(weight.dtype)
+        gb = None if weight is None else local[0].to(weight.dtype)
+        return gx.to(x.dtype), gw, gb, None, None, None, None
+
+
+class _SyncMixin:
+    """Makes a BatchNorm layer synchronise its batch statistics across ranks in training (a plain
+    BatchNorm otherwise: in eval mode, or without a process group)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        self._check_input_dim(x)
+        if self.momentum is None or not self.track_running_stats:
+            raise ValueError("sync_bn needs BatchNorm layers with running statistics and a momentum")
+        self.num_batches_tracked.add_(1)
+        return _SyncBatchNormFn.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                      self.eps, self.momentum)
+
+
+@functools.cache
+def _sync_class(cls: type) -> type:
+    return type(f"Sync{cls.__name__}", (_SyncMixin, cls), {})
+
+
+def sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """In place: every BatchNorm layer of ``module`` computes its training statistics over all ranks'
+    batches, so DDP trains the model that one process would train on the whole batch.
+
+    The layers keep their class (a subclass is swapped in), parameters, buffers and state-dict keys, so
+    optimisers built before, checkpoints and BatchNorm folding are unaffected. (torch.nn.SyncBatchNorm
+    does the same on GPUs only.) Returns ``module``.
+    """
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and not isinstance(m, _SyncMixin):
+            m.__class__ = _sync_class(type(m))
+    return module
 
 
 def cleanup(d: Dist) -> None:

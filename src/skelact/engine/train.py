@@ -321,6 +321,8 @@ def train(cfg: Config, out: Path, resume: dict | None = None) -> dict:
     slot_of = torch.full((len(store),), -1, dtype=torch.long)
     slot_of[torch.as_tensor(train_ds.indices)] = torch.arange(len(train_ds.indices))
     net = Objective(model, heads, slot_of.to(device))
+    if d.enabled and cfg.sync_bn:
+        ddp.sync_batchnorm(net)
     if d.enabled:  # buffers (BN statistics, prototypes) are kept equal by the heads / synced for eval
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SkelactError
-from ._dist import all_reduce_sum
+from ._dist import all_gather_rows, all_reduce_sum, gather_rows_with_grad
 
 ANCHORS = ("tp", "all")
 DEFAULT_LAMBDAS = {"low": 0.1, "mid": 0.2, "high": 0.5, "final": 1.0}
@@ -205,6 +205,8 @@ class FRHead(nn.Module):
         momentum: prototype momentum m. embed_dim: E.
     In training mode each forward first updates every prototype bank from the batch's TPs (no gradient),
     then computes the loss with the updated prototypes; in eval mode prototypes are left untouched.
+    Under torch.distributed both use every rank's batch, so a DDP step equals one process's step on the
+    global batch.
     """
 
     def __init__(self, tap_shapes: Mapping[str, tuple], num_classes: int, num_persons: int = 1, *,
@@ -253,6 +255,9 @@ class FRHead(nn.Module):
                 index: torch.Tensor | None = None) -> torch.Tensor:
         """feats {tap: (N·M, C, T, V)}, logits (N, K), labels (N,) → () weighted auxiliary loss."""
         labels = labels.to(logits.device).long()
+        # under torch.distributed the sets TP/FN/FP, their means and the anchor average span every rank's
+        # batch (as for one process with the whole batch); prototype updates all-reduce their own sums
+        logits_all, labels_all = all_gather_rows(logits.detach(), labels)
         total = logits.new_zeros((), dtype=torch.float32)
         for tap, branches in self.embed(feats, logits.shape[0]).items():
             stage = self.stages[tap]
@@ -261,6 +266,6 @@ class FRHead(nn.Module):
                 if self.training:
                     update_prototypes(protos, z, logits, labels, momentum=self.momentum, threshold=self.threshold)
                 total = total + self.lambdas[tap] * fr_head_loss(
-                    z, protos, logits, labels, tau=self.tau, anchors=self.anchors,
+                    gather_rows_with_grad(z), protos, logits_all, labels_all, tau=self.tau, anchors=self.anchors,
                     confidence_weight=self.confidence_weight, threshold=self.threshold)
         return self.w_cl * total

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SkelactError
-from ._dist import all_gather_rows
+from ._dist import all_gather_rows, gather_rows_with_grad
 from .frhead import _check_choice, _check_range, float32_math
 
 
@@ -107,7 +107,8 @@ class STDCLHead(nn.Module):
     averaging the per-person embeddings. In training mode each forward first writes the batch's
     normalised, detached embeddings, labels and indices into the banks (all-gathered over ranks under
     torch.distributed, so banks stay identical; for an index repeated in one step the last copy wins),
-    then computes the loss. The anchor's own, freshly written slot (similarity 1) is not a positive unless
+    then computes the loss over every rank's batch as anchors (the loss of one process with the global
+    batch; the random negatives come from each rank's generator). The anchor's own, freshly written slot (similarity 1) is not a positive unless
     ``exclude_self=False``. In eval mode the banks are read, never written.
     """
 
@@ -199,6 +200,8 @@ class STDCLHead(nn.Module):
             self.write(index, labels, z_s, z_t)
         kw = dict(n_pos=self.n_pos, n_hard_neg=self.n_hard_neg, n_rand_neg=self.n_rand_neg,
                   temperature=self.temperature, exclude_self=self.exclude_self, generator=self.generator)
-        loss_s = stdcl_loss(z_s, labels, index, self.bank_s, self.bank_labels, self.filled, **kw)
-        loss_t = stdcl_loss(z_t, labels, index, self.bank_t, self.bank_labels, self.filled, **kw)
+        # under torch.distributed the anchors are every rank's batch, as for one process with the whole batch
+        labels, index = all_gather_rows(labels, index)
+        loss_s = stdcl_loss(gather_rows_with_grad(z_s), labels, index, self.bank_s, self.bank_labels, self.filled, **kw)
+        loss_t = stdcl_loss(gather_rows_with_grad(z_t), labels, index, self.bank_t, self.bank_labels, self.filled, **kw)
         return self.weight * (loss_s + loss_t)
