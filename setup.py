@@ -1,8 +1,13 @@
-"""Only the optional C accelerator of the NTU parser; all metadata is in pyproject.toml.
+"""Only the optional C accelerators; all metadata is in pyproject.toml.
 
-``optional=True``: where it cannot be compiled (no C compiler), installation goes on without it and
-``skelact.data.ntu`` uses its pure-Python parser (same results, slower)."""
+``optional=True``: where one cannot be compiled (no C compiler, no OpenMP), installation goes on without it
+and the pure-Python path is used: ``skelact.data.ntu``'s parser (same results, slower) and PyTorch's
+BatchNorm, add and ReLU in ``skelact.models.bnact`` (the same function to float rounding, slower)."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("skelact.data._ntuparse", ["src/skelact/data/_ntuparse.c"], optional=True)])
+setup(ext_modules=[
+    Extension("skelact.data._ntuparse", ["src/skelact/data/_ntuparse.c"], optional=True),
+    Extension("skelact.models._fused", ["src/skelact/models/_fused.c"], optional=True,
+              extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"]),
+])

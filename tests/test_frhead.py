@@ -390,3 +390,20 @@ def test_loss_and_gradients_under_ddp_equal_one_process_with_the_whole_batch(tmp
             torch.testing.assert_close(res["feat_grads"][tap], 2 * feats[tap].grad[rows[r]])
     for name, p in head.named_parameters():
         torch.testing.assert_close((ranks[0]["param_grads"][name] + ranks[1]["param_grads"][name]) / 2, p.grad)
+
+
+@pytest.mark.parametrize("persons", [1, 2])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_decoupled_means_are_the_means_over_persons_frames_and_joints(persons, channels_last):
+    from skelact.heads._pool import decoupled_means
+    n, c, t, v = 3, 5, 7, 4
+    x = torch.randn(n * persons, c, t, v, dtype=torch.float64, requires_grad=True)
+    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    over_t, over_v = decoupled_means(xin, n, persons)
+    per_person = x.view(n, persons, c, t, v).mean(1)
+    torch.testing.assert_close(over_t, per_person.mean(2), atol=1e-12, rtol=0)
+    torch.testing.assert_close(over_v, per_person.mean(3), atol=1e-12, rtol=0)
+    g_t, g_v = torch.randn_like(over_t), torch.randn_like(over_v)
+    got = torch.autograd.grad((over_t * g_t).sum() + (over_v * g_v).sum(), x)[0]
+    want = torch.autograd.grad((per_person.mean(2) * g_t).sum() + (per_person.mean(3) * g_v).sum(), x)[0]
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)

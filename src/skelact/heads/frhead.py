@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import SkelactError
 from ._dist import all_gather_rows, all_reduce_sum, gather_rows_with_grad
+from ._pool import decoupled_means
 
 ANCHORS = ("tp", "all")
 DEFAULT_LAMBDAS = {"low": 0.1, "mid": 0.2, "high": 0.5, "final": 1.0}
@@ -159,8 +160,8 @@ class _Branch(nn.Module):
 class FRStage(nn.Module):
     """The FR-Head of one tap: embeddings and prototype banks.
 
-    ``decouple=True``: spatial branch on x.mean(T) (N, C, V) and temporal branch on x.mean(V) (N, C, T),
-    each giving (N, E); buffers ``proto_s``, ``proto_t`` (K, E).
+    ``decouple=True``: spatial branch on the tap's mean over T (N, C, V), temporal branch on its mean over
+    V (N, C, T), each giving (N, E); buffers ``proto_s``, ``proto_t`` (K, E).
     ``decouple=False`` (ablation "+CL loss only", the paper's "without any extra operation"): the globally
     pooled feature x.mean(T, V) (N, C) itself, no parameters; one buffer ``proto_g`` (K, C).
     Prototypes start standard normal (torch's global RNG), as in the reference code.
@@ -186,11 +187,11 @@ class FRStage(nn.Module):
         """(K, D) prototype buffer of branch ``"s"``, ``"t"`` or ``"g"``."""
         return self.get_buffer(f"proto_{branch}")
 
-    def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x (N, C, T, V) → {branch: (N, D)}."""
+    def embed(self, over_t: torch.Tensor, over_v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tap's means over T (N, C, V) and over V (N, C, T) → {branch: (N, D)}."""
         if not self.decouple:
-            return {"g": x.mean(dim=(2, 3))}
-        return {"s": self.spatial(x.mean(dim=2)), "t": self.temporal(x.mean(dim=3))}
+            return {"g": over_t.mean(dim=2)}
+        return {"s": self.spatial(over_t), "t": self.temporal(over_v)}
 
 
 class FRHead(nn.Module):
@@ -239,17 +240,17 @@ class FRHead(nn.Module):
         self.stages = nn.ModuleDict({tap: FRStage(tap_shapes[tap], num_classes, int(embed_dim), bool(decouple))
                                      for tap in self.lambdas})
 
-    def _person_mean(self, tap: str, x: torch.Tensor, n: int) -> torch.Tensor:
-        """(N·M, C, T, V) → (N, C, T, V), averaged over the M persons."""
+    def _pooled(self, tap: str, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N·M, C, T, V) → its means over the M persons and T (N, C, V), and over M and V (N, C, T)."""
         expected = (n * self.num_persons, *self.stages[tap].shape)
         if tuple(x.shape) != expected:
             raise SkelactError(f"head: tap {tap!r} has shape {tuple(x.shape)}, the head was built for "
                                f"{expected} (N·M, C, T, V) with N={n}, M={self.num_persons}")
-        return x.view(n, self.num_persons, *x.shape[1:]).mean(dim=1)
+        return decoupled_means(x, n, self.num_persons)
 
     def embed(self, feats: Mapping[str, torch.Tensor], n: int) -> dict[str, dict[str, torch.Tensor]]:
         """{tap: (N·M, C, T, V)} → {tap: {branch: (N, D)}} for the taps in ``lambdas``."""
-        return {tap: stage.embed(self._person_mean(tap, feats[tap], n)) for tap, stage in self.stages.items()}
+        return {tap: stage.embed(*self._pooled(tap, feats[tap], n)) for tap, stage in self.stages.items()}
 
     def forward(self, feats: Mapping[str, torch.Tensor], logits: torch.Tensor, labels: torch.Tensor,
                 index: torch.Tensor | None = None) -> torch.Tensor:

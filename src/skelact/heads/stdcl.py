@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import SkelactError
 from ._dist import all_gather_rows, gather_rows_with_grad
+from ._pool import decoupled_means
 from .frhead import _check_choice, _check_range, float32_math
 
 
@@ -151,9 +152,9 @@ class STDCLHead(nn.Module):
         if tuple(x.shape) != expected:
             raise SkelactError(f"head: tap {self.tap!r} has shape {tuple(x.shape)}, the head was built for "
                                f"{expected} (N·M, C, T, V) with N={n}, M={self.num_persons}")
-        x = x.view(n, self.num_persons, *x.shape[1:]).mean(dim=1)                # (N, C, T, V)
-        return (F.normalize(self.spatial(x.mean(dim=2)).float(), dim=1),
-                F.normalize(self.temporal(x.mean(dim=3)).float(), dim=1))
+        over_t, over_v = decoupled_means(x, n, self.num_persons)                # (N, C, V), (N, C, T)
+        return (F.normalize(self.spatial(over_t).float(), dim=1),
+                F.normalize(self.temporal(over_v).float(), dim=1))
 
     def check_training_labels(self, train_labels) -> str | None:
         """Refuse sizes under which no clip of the training set (labels (S_train,)) can ever be an anchor

@@ -15,7 +15,10 @@ outputs and gradients), computed differently:
   six (C, V, V) maps per unit);
 * ``alpha`` is folded into conv4's weight and bias (``alpha·(W m + b) = (alpha W) m + alpha b``);
 * the first 1x1 convolutions of temporal branches 1-3 are one convolution, and BNs that act on
-  concatenated branches are one BN (BN is per channel, so this is the same function).
+  concatenated branches are one BN (BN is per channel, so this is the same function);
+* each BN that a ReLU follows is one :func:`~skelact.models.bnact.bn_act` with the residual add between
+  them (the unit's final ReLU is applied at the end of its temporal block): in training, one C kernel pass
+  for the statistics and one for BN + residual + ReLU, where the optional kernel is built.
 
 Shapes: N batch, C channels, T frames, V joints (U = V as the output joint), M persons, K = 3 subsets.
 """
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .bnact import bn_act
 from .fold import ChannelAffine, bn_affine, fold_linear, fold_linear_bn
 from .taps import TAPS, run_units
 
@@ -113,7 +117,7 @@ class CTRAggregate(torch.autograd.Function):
             torch.mm(w3[k], x_rows.t(), out=x3)  # x3_k without bias: (C, B·T·V)
             torch.mm(w4_aug[k], m_aug[k], out=r)  # R_k: (C, B·U·V)
             out.baddbmm_(x3.view(c * b, t, v), r.view(c * b, v, v).transpose(1, 2))  # (T,V)@(V,U) per (c,b)
-        return out.view(c, b * t * v).t().contiguous().view(b, t, v, c).permute(0, 3, 1, 2)
+        return out.view(c, b, t * v).permute(1, 2, 0).contiguous().view(b, t, v, c).permute(0, 3, 1, 2)
 
     @staticmethod
     def _backward(g, x, m, w3, b3, w4, b4, A):
@@ -196,12 +200,12 @@ class CTRGraphConv(nn.Module):
         b, _, t, v = x.shape
         k_sub, rel = self.PA.shape[0], self.rel
         # conv1/conv2 on the temporal mean; sum then scale the weight, so backward is a broadcast, not a pass
-        q = F.linear(x.sum(2).transpose(1, 2), self.w12 / t, self.b12)  # (B, V, K·2·rel)
+        q = F.linear(x.permute(0, 2, 3, 1).sum(1), self.w12 / t, self.b12)  # (B, V, K·2·rel)
         q = q.view(b, v, k_sub, 2, rel).permute(2, 3, 4, 0, 1)  # (K, 2, rel, B, V)
         m = torch.tanh(q[:, 0, :, :, :, None] - q[:, 1, :, :, None, :]).contiguous()  # (K, rel, B, U, V)
         y = CTRAggregate.apply(x, m, self.w3, self.b3, self.w4 * self.alpha, self.b4 * self.alpha, self.PA,
                                self.shift)
-        return (self.bn(y) + self.down(x)).relu_()
+        return bn_act(self.bn, y, self.down(x))  # relu(bn(y) + down(x))
 
 
 class MultiScaleTCN(nn.Module):
@@ -211,6 +215,8 @@ class MultiScaleTCN(nn.Module):
     ReLU, 3x1 max-pool (stride s), BN; branch 4: 1x1 conv (stride s), BN. Here the first 1x1 convs of
     branches 1-3 are one conv ``pw`` followed by one BN ``pw_bn``; branch 4's conv is ``pw4``; the four
     final BNs are one BN ``out_bn`` on the concatenation (BN is per channel: the same function).
+    With ``residual`` (B, C_out, T/s, V), forward returns the unit's ``relu(out + residual)``, otherwise
+    ``relu(out)``: the unit's ReLU is fused with ``out_bn`` (:func:`~skelact.models.bnact.bn_act`).
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, kernel_size: int = 5, dilations=(1, 2)):
@@ -246,12 +252,12 @@ class MultiScaleTCN(nn.Module):
                 fold_linear(conv, scale, shift)
         self.pw_bn = self.out_bn = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        *a, a_pool = self.pw_bn(self.pw(x)).relu_().split(self.bc, 1)  # 3 x (B, bc, T, V)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        *a, a_pool = bn_act(self.pw_bn, self.pw(x)).split(self.bc, 1)  # 3 x (B, bc, T, V)
         outs = [conv(ai) for ai, conv in zip(a, self.dconv)]
         outs.append(self.pool_affine(F.max_pool2d(a_pool, (3, 1), (self.stride, 1), (1, 0))))
         outs.append(self.pw4(x))
-        return self.out_bn(torch.cat(outs, 1))
+        return bn_act(self.out_bn, torch.cat(outs, 1), residual)  # the unit's relu(tcn(x) + residual)
 
 
 class CTRUnit(nn.Module):
@@ -272,8 +278,7 @@ class CTRUnit(nn.Module):
             nn.init.zeros_(self.residual[0].bias)
 
     def forward(self, x):
-        y = self.tcn(self.gcn(x))
-        return (y if self.residual is None else y + self.residual(x)).relu_()
+        return self.tcn(self.gcn(x), None if self.residual is None else self.residual(x))
 
 
 class CTRGCN(nn.Module):

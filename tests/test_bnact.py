@@ -1,0 +1,102 @@
+"""skelact.models.bnact: the fused BatchNorm + residual + ReLU kernel against PyTorch's layers in float64."""
+
+import pytest
+import torch
+from torch import nn
+
+from skelact.models import bnact
+
+CL = torch.channels_last
+needs_kernel = pytest.mark.skipif(bnact._fused is None, reason="C kernel not compiled (no compiler/OpenMP)")
+
+
+def _bn(c: int, seed: int = 0) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(c)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(c, generator=g) * 0.5 + 1)
+        bn.bias.copy_(torch.randn(c, generator=g) * 0.5)
+        bn.running_mean.copy_(torch.randn(c, generator=g))
+        bn.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    return bn
+
+
+def _plain(bn, x, residual, relu):
+    """The definition, with PyTorch's own layers."""
+    y = bn(x)
+    if residual is not None:
+        y = y + residual
+    return torch.relu(y) if relu else y
+
+
+def _run(fn, bn, x, residual, g):
+    """Outputs, input / residual / weight / bias gradients and running statistics after one step."""
+    x = x.clone().requires_grad_()
+    residual = None if residual is None else residual.clone().requires_grad_()
+    bn = bn.train()
+    y = fn(bn, x, residual)
+    y.backward(g)
+    grads = [x.grad, bn.weight.grad, bn.bias.grad] + ([] if residual is None else [residual.grad])
+    return y, grads, [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
+
+
+@needs_kernel
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("shape", [(3, 24, 5, 7), (2, 17, 3, 1), (4, 64, 13, 20)])
+def test_kernel_matches_batchnorm_add_relu(shape, with_residual, relu):
+    """Forward, all gradients and the running statistics equal PyTorch's layers computed in float64
+    (C = 17: not a multiple of any vector width; one joint; offset data so that the variance is not
+    trivially well conditioned)."""
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=gen) * 3 + 2).contiguous(memory_format=CL)
+    res = torch.randn(shape, generator=gen).contiguous(memory_format=CL) if with_residual else None
+    g = torch.randn(shape, generator=gen).contiguous(memory_format=CL)
+    c = shape[1]
+    y, grads, stats = _run(lambda b, x_, r: bnact.bn_act(b, x_, r, relu), _bn(c), x, res, g)
+    assert y.is_contiguous(memory_format=CL) and y.dtype == torch.float32
+    want_y, want_grads, want_stats = _run(lambda b, x_, r: _plain(b, x_, r, relu), _bn(c).double(), x.double(),
+                                          None if res is None else res.double(), g.double())
+    torch.testing.assert_close(y.double(), want_y, atol=2e-6, rtol=1e-5)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-4)
+    for got, want in zip(stats, want_stats):
+        torch.testing.assert_close(got.double(), want.double(), atol=1e-6, rtol=1e-5)
+
+
+@needs_kernel
+def test_kernel_is_used_and_deterministic_for_any_thread_count():
+    """The kernel path is taken for a channels-last float32 training input, and its results are bit for
+    bit the same with 1 and 2 threads (fixed partition of the rows)."""
+    x = torch.randn(4, 32, 9, 6).contiguous(memory_format=CL)
+    res = torch.randn_like(x)
+    bn = _bn(32)
+    assert bnact._kernel_applies(bn.train(), x, res)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(_run(lambda b, x_, r: bnact.bn_act(b, x_, r), _bn(32), x, res, torch.ones_like(x)))
+    finally:
+        torch.set_num_threads(before)
+    (y1, g1, s1), (y2, g2, s2) = outs
+    assert torch.equal(y1, y2)
+    assert all(torch.equal(a, b) for a, b in zip(g1 + s1, g2 + s2))
+
+
+def test_other_cases_take_pytorch_layers():
+    """Eval mode, NCHW inputs, float64, autocast and BN subclasses (DDP's sync_bn) are PyTorch's layers
+    exactly; a folded (Identity) BN with no residual does not overwrite its input."""
+    x = torch.randn(2, 8, 5, 3)
+    cases = [(_bn(8).eval(), x.contiguous(memory_format=CL)), (_bn(8), x), (_bn(8).double(), x.double())]
+    for layer, inp in cases:
+        assert not bnact._kernel_applies(layer, inp, None)
+        torch.testing.assert_close(bnact.bn_act(layer, inp), torch.relu(layer(inp)), atol=0, rtol=0)
+    sub = type("SyncLike", (nn.BatchNorm2d,), {})(8)
+    assert not bnact._kernel_applies(sub, x.contiguous(memory_format=CL), None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not bnact._kernel_applies(_bn(8), x.contiguous(memory_format=CL), None)
+    keep = x.clone()
+    out = bnact.bn_act(nn.Identity(), x)
+    assert torch.equal(x, keep) and torch.equal(out, torch.relu(keep))
