@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import json
 import resource
@@ -44,7 +45,7 @@ from torch.utils import flop_counter
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_ctrgcn import ReferenceCTRGCN, load_into_fast  # noqa: E402
 
-from skelact.models import create_model, fold_batchnorm  # noqa: E402
+from skelact.models import bnact, create_model, fold_batchnorm  # noqa: E402
 from skelact.models.graph import adjacency  # noqa: E402
 
 SHAPES = {"ucla": ("ucla20", 52, 1, 10), "ntu": ("ntu25", 64, 2, 60)}  # layout, T, M, classes
@@ -202,6 +203,17 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def _without_kernel(step):
+    """The step with skelact.models.bnact's C kernel switched off (PyTorch's BN, add and ReLU)."""
+    def run():
+        kernel, bnact._fused = bnact._fused, None
+        try:
+            step()
+        finally:
+            bnact._fused = kernel
+    return run
+
+
 def interleaved(fns: dict, reps: int, faults: dict | None = None) -> dict[str, list[float]]:
     """Alternate A B / B A ... so that slow drifts of the machine hit both equally. If ``faults`` is
     given, the minor page faults of each call are appended to ``faults[name]``."""
@@ -226,8 +238,11 @@ def bench_shape(shape: str, args) -> dict:
         fwd, step = flops(model, xf, yf)
         res[name] = {"gflop_fwd_per_sample": fwd / 1e9, "gflop_step_per_sample": step / 1e9,
                      "saved_mib_per_sample": saved_bytes(model, x) / 2 ** 20}
-    # training throughput, interleaved
+    # training throughput, interleaved; where the optional C kernel of skelact.models.bnact is built, a third
+    # arm runs a copy of the fast model on PyTorch's BN, add and ReLU instead (what it buys, side by side)
     steps = {k: train_step_fn(m, x, y) for k, m in models.items()}
+    if bnact._fused is not None and DEVICE.type == "cpu" and AMP is None:
+        steps["fast_without_kernel"] = _without_kernel(train_step_fn(copy.deepcopy(fast), x, y))
     for s in steps.values():  # warm-up (oneDNN primitive caches, allocator)
         s()
     faults: dict[str, list[int]] = {}
@@ -237,6 +252,9 @@ def bench_shape(shape: str, args) -> dict:
         res[name].update(step_s=times[name], step_median_s=med, samples_per_s=args.batch / med,
                          minor_faults_per_step=faults[name],
                          gflops_achieved=res[name]["gflop_step_per_sample"] * args.batch / med)
+    if "fast_without_kernel" in times:
+        res["fast_without_kernel_step_s"] = times["fast_without_kernel"]
+        res["fast_without_kernel_step_median_s"] = statistics.median(times["fast_without_kernel"])
     # inference latency, batch 1
     x1 = x[:1]
     for m in models.values():
@@ -300,6 +318,11 @@ def report(results: list[dict], peak: float) -> str:
                      f"{res['saved_memory_ratio']:.2f}{extra}; latency b=1: reference {lat_r:.1f} ms, "
                      f"fast {lat_f:.1f} ms, fast with BN folded {lat_ff:.1f} ms ({lat_ff / lat_r:.2f}x); "
                      f"minor page faults per training step (median), reference/fast: {flt}")
+        if "fast_without_kernel_step_median_s" in res:
+            t_k, t_p = res["fast"]["step_median_s"], res["fast_without_kernel_step_median_s"]
+            lines.append(f"  - C kernel (bnact): fast step {t_k:.3f} s, {t_p:.3f} s with PyTorch's BN + add + "
+                         f"ReLU ({t_k / t_p:.3f}x); fast/reference without it "
+                         f"{res['reference']['step_median_s'] / t_p:.2f}x")
     return "\n".join(lines)
 
 

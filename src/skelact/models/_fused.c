@@ -130,6 +130,16 @@ static void grad_rows(const float *restrict g, const float *restrict x, const fl
 
 #define PTR(v) ((float *)(uintptr_t)(v))
 
+/* Frees a kernel's work arrays; None, or MemoryError where they could not be had. */
+static PyObject *finish(double *sums, float *coef, int failed)
+{
+    free(sums);
+    free(coef);
+    if (failed)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* forward(x, res, y, w, b, stats, n, c, relu, eps, threads): stats (3c floats) := mean, biased var, invstd;
    res = 0 for none. */
 static PyObject *forward(PyObject *self, PyObject *args)
@@ -166,11 +176,7 @@ static PyObject *forward(PyObject *self, PyObject *args)
         }
     }
     Py_END_ALLOW_THREADS
-    free(sums);
-    free(coef);
-    if (failed)
-        return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return finish(sums, coef, failed);
 }
 
 /* backward(g, x, y, gx, gres, w, mean, invstd, gwb, n, c, threads): gwb (2c floats) := dw, db;
@@ -210,11 +216,7 @@ static PyObject *backward(PyObject *self, PyObject *args)
         }
     }
     Py_END_ALLOW_THREADS
-    free(sums);
-    free(coef);
-    if (failed)
-        return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return finish(sums, coef, failed);
 }
 
 static PyMethodDef methods[] = {

@@ -3,9 +3,10 @@
 In training, on float32 channels-last CPU tensors, one C kernel pass computes the batch statistics and one
 applies BN, the residual and the ReLU (``_fused.c``, built by ``pip install`` where a C compiler with
 OpenMP exists); backward is likewise two passes, and hands the residual branch its masked gradient. This
-replaces a BN kernel, an add and a ReLU in each direction (bench/README.md: about 5 % of a CTR-GCN training
-step). Everywhere else (eval mode, autocast, GPUs, other layouts, DDP's synchronised BatchNorm, no
-compiled kernel) it is the same PyTorch code the model had before: ``bn(x)``, ``+ residual``, ``relu``.
+replaces a BN kernel, an add and a ReLU in each direction (bench/README.md: 1-4 % of a CTR-GCN training
+step, by the measurement). Everywhere else (eval mode, autocast, GPUs, other layouts, DDP's synchronised
+BatchNorm, torch.compile, no compiled kernel) it is the same PyTorch code the model had before:
+``bn(x)``, ``+ residual``, ``relu``.
 
 Both paths compute the same function to float rounding (the kernel accumulates its statistics in double),
 update the running statistics the same way, and are deterministic on CPU for any thread count.
@@ -63,7 +64,8 @@ class _BNAct(torch.autograd.Function):
 
 def _kernel_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     if not (_fused is not None and type(bn) is nn.BatchNorm2d and bn.training  # not DDP's sync_bn subclass
-            and bn.track_running_stats and bn.momentum is not None and bn.affine):
+            and bn.track_running_stats and bn.momentum is not None and bn.affine
+            and not torch.compiler.is_compiling()):  # the compiler traces PyTorch's layers
         return False
     tensors = (x, bn.weight, bn.bias) if residual is None else (x, bn.weight, bn.bias, residual)
     return (x.dim() == 4 and x.numel() > x.shape[1]  # > 1 value per channel (else BN's own error)
