@@ -25,11 +25,6 @@ except ImportError:  # pragma: no cover - depends on the build
 CL = torch.channels_last
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, T, V) channels-last -> its (B·T·V, C) rows, a view."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-
-
 class _BNAct(torch.autograd.Function):
     """x, residual (B, C, T, V) channels-last float32 -> relu(BN(x) + residual), and mean, biased var (C,)."""
 
@@ -63,6 +58,7 @@ class _BNAct(torch.autograd.Function):
 
 
 def _kernel_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    """Whether the C kernel computes ``bn_act`` for these arguments (else PyTorch's layers do)."""
     if not (_fused is not None and type(bn) is nn.BatchNorm2d and bn.training  # not DDP's sync_bn subclass
             and bn.track_running_stats and bn.momentum is not None and bn.affine
             and not torch.compiler.is_compiling()):  # the compiler traces PyTorch's layers
