@@ -9,5 +9,5 @@ from setuptools import Extension, setup
 setup(ext_modules=[
     Extension("skelact.data._ntuparse", ["src/skelact/data/_ntuparse.c"], optional=True),
     Extension("skelact.models._fused", ["src/skelact/models/_fused.c"], optional=True,
-              extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"]),
+              extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"], extra_link_args=["-fopenmp"]),
 ])

@@ -53,6 +53,7 @@ def test_kernel_matches_batchnorm_add_relu(shape, with_residual, relu):
     res = torch.randn(shape, generator=gen).contiguous(memory_format=CL) if with_residual else None
     g = torch.randn(shape, generator=gen).contiguous(memory_format=CL)
     c = shape[1]
+    assert bnact._kernel_applies(_bn(c), x, res)
     y, grads, stats = _run(lambda b, x_, r: bnact.bn_act(b, x_, r, relu), _bn(c), x, res, g)
     assert y.is_contiguous(memory_format=CL) and y.dtype == torch.float32
     want_y, want_grads, want_stats = _run(lambda b, x_, r: _plain(b, x_, r, relu), _bn(c).double(), x.double(),
@@ -100,3 +101,32 @@ def test_other_cases_take_pytorch_layers():
     keep = x.clone()
     out = bnact.bn_act(nn.Identity(), x)
     assert torch.equal(x, keep) and torch.equal(out, torch.relu(keep))
+
+
+@needs_kernel
+@pytest.mark.parametrize("where", ["x", "residual"])
+def test_kernel_propagates_nan_like_pytorch(where):
+    """A NaN in the input or the residual stays NaN through the fused ReLU (as torch.relu), in the
+    outputs, the running mean/variance and the gradients, so the trainer's non-finite checks see it."""
+    x = torch.randn(2, 16, 5, 3).contiguous(memory_format=CL)
+    res = torch.randn_like(x)
+    (x if where == "x" else res)[0, 3, 1, 1] = float("nan")
+    g = torch.ones_like(x)
+    got = _run(lambda b, x_, r: bnact.bn_act(b, x_, r), _bn(16), x, res, g)
+    want = _run(lambda b, x_, r: _plain(b, x_, r, True), _bn(16), x, res, g)
+    for a, b in zip([got[0], *got[1], *got[2]], [want[0], *want[1], *want[2]]):
+        assert torch.equal(torch.isnan(a), torch.isnan(b))
+
+
+def test_mismatched_or_hooked_batchnorm_takes_pytorch_layers():
+    """A BN built for other channels gets PyTorch's own error (the kernel would read past its weights);
+    a BN with forward hooks runs as a module, so the hooks see it."""
+    x = torch.randn(2, 8, 5, 3).contiguous(memory_format=CL)
+    assert not bnact._kernel_applies(_bn(4), x, None)
+    with pytest.raises(RuntimeError):
+        bnact.bn_act(_bn(4), x)
+    bn, calls = _bn(8), []
+    bn.register_forward_hook(lambda *args: calls.append(1))
+    assert not bnact._kernel_applies(bn, x, None)
+    bnact.bn_act(bn, x)
+    assert calls == [1]

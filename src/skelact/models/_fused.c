@@ -5,13 +5,14 @@
  * statistics mean, var (biased) and invstd = 1/sqrt(var + eps):
  *
  *   forward   y = relu(x·s + h + res),  s = w·invstd, h = b − mean·s   (res and the ReLU optional)
- *   backward  g' = g·[y > 0] (g without the ReLU), the residual's gradient;
+ *   backward  g' = g·[y > 0] (g without the ReLU; NaN in y passes g, as ATen), the residual's gradient;
  *             dx = s·(g' − Σg'/N − x̂·Σg'x̂/N),  dw = Σg'x̂,  db = Σg'   with x̂ = (x − mean)·invstd
  *
  * Each direction is two passes over the rows: per-channel sums, then one elementwise pass (ATen needs a BN
  * kernel, an add and a ReLU, each a pass or more, and the same again backward). The sums are taken in
  * double over a fixed partition of the rows (NCHUNK chunks, combined in order), so results do not depend
- * on the thread count. Threads: OpenMP, as many as the caller asks (torch.get_num_threads()); the GIL is
+ * on the thread count, nor (built with -ffp-contract=off) on the vector width. NaN propagates as through
+ * PyTorch's layers. Threads: OpenMP, as many as the caller asks (torch.get_num_threads()); the GIL is
  * released while a kernel runs. Pointers come from torch.Tensor.data_ptr(); the caller (bnact.py) checks
  * dtype, device, layout and sizes.
  */
@@ -22,7 +23,7 @@
 #include <stdlib.h>
 
 #define NCHUNK 64
-#define MAXC 4096  /* channels at most (checked by the caller) */
+#define MAXC 4096  /* channels at most */
 
 /* The row loops are compiled for AVX-512, AVX2 and baseline x86-64, chosen at load time (GCC, clang). */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -41,7 +42,7 @@ static void chunk_sums(const float *restrict a, const float *restrict b, const f
             float v[MAXC];  /* the masked row first: a select and a widening add do not vectorise together */
             for (int64_t j = 0; j < c; ++j) {
                 float aj = a[j];
-                v[j] = m[j] > 0.f ? aj : 0.f;
+                v[j] = m[j] <= 0.f ? 0.f : aj;  /* as threshold_backward: a NaN output passes */
             }
             for (int64_t j = 0; j < c; ++j) {
                 s1[j] += v[j];
@@ -96,7 +97,7 @@ static void apply_rows(const float *restrict x, const float *restrict res, float
         }
         if (relu)
             for (int64_t j = 0; j < c; ++j)
-                y[j] = y[j] > 0.f ? y[j] : 0.f;
+                y[j] = y[j] < 0.f ? 0.f : y[j];  /* keeps NaN, as torch.relu */
     }
 }
 
@@ -109,14 +110,14 @@ static void grad_rows(const float *restrict g, const float *restrict x, const fl
         if (y) {
             if (gres) {
                 for (int64_t j = 0; j < c; ++j) {
-                    float gj = g[j], gv = y[j] > 0.f ? gj : 0.f;
+                    float gj = g[j], gv = y[j] <= 0.f ? 0.f : gj;
                     gres[j] = gv;
                     gx[j] = ca[j] * gv + cb[j] * x[j] + cc[j];
                 }
                 gres += c;
             } else {
                 for (int64_t j = 0; j < c; ++j) {
-                    float gj = g[j], gv = y[j] > 0.f ? gj : 0.f;
+                    float gj = g[j], gv = y[j] <= 0.f ? 0.f : gj;
                     gx[j] = ca[j] * gv + cb[j] * x[j] + cc[j];
                 }
             }
@@ -151,6 +152,8 @@ static PyObject *forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKKKKKLLpdi", &px, &pres, &py, &pw, &pb, &pstats, &n, &c, &relu, &eps,
                           &threads))
         return NULL;
+    if (c < 1 || c > MAXC || n < 1)
+        return PyErr_Format(PyExc_ValueError, "_fused.forward: %lld channels, %lld rows", c, n);
     const float *x = PTR(px), *res = pres ? PTR(pres) : NULL, *w = PTR(pw), *b = PTR(pb);
     float *y = PTR(py), *stats = PTR(pstats);
     double *sums = malloc((size_t)(2 * c) * sizeof(double));
@@ -161,7 +164,8 @@ static PyObject *forward(PyObject *self, PyObject *args)
         failed = channel_sums(x, x, NULL, sums, sums + c, n, c, threads);
     if (!failed) {
         for (int64_t j = 0; j < c; ++j) {
-            double mean = sums[j] / n, var = fmax(sums[c + j] / n - mean * mean, 0.0);
+            double mean = sums[j] / n, var = sums[c + j] / n - mean * mean;
+            var = var < 0.0 ? 0.0 : var;  /* rounding; NaN stays NaN (fmax would drop it) */
             double invstd = 1.0 / sqrt(var + eps), s = w[j] * invstd;
             stats[j] = (float)mean;
             stats[c + j] = (float)var;
@@ -189,6 +193,8 @@ static PyObject *backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKKKKKKKKLLi", &pg, &px, &py, &pgx, &pgres, &pw, &pmean, &pinv, &pgwb, &n,
                           &c, &threads))
         return NULL;
+    if (c < 1 || c > MAXC || n < 1)
+        return PyErr_Format(PyExc_ValueError, "_fused.backward: %lld channels, %lld rows", c, n);
     const float *g = PTR(pg), *x = PTR(px), *y = py ? PTR(py) : NULL, *w = PTR(pw), *mean = PTR(pmean),
                 *invstd = PTR(pinv);
     float *gx = PTR(pgx), *gres = pgres ? PTR(pgres) : NULL, *gwb = PTR(pgwb);

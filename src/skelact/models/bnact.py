@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 try:
     from . import _fused  # optional C kernels (setup.py)
@@ -26,7 +28,8 @@ CL = torch.channels_last
 
 
 class _BNAct(torch.autograd.Function):
-    """x, residual (B, C, T, V) channels-last float32 -> relu(BN(x) + residual), and mean, biased var (C,)."""
+    """x, residual (B, C, T, V) channels-last float32 -> relu(BN(x) + residual) and the batch statistics
+    (3, C): mean, biased variance, 1/sqrt(var + eps)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, residual, relu: bool, eps: float):
@@ -42,6 +45,7 @@ class _BNAct(torch.autograd.Function):
         return y, stats
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g, _):
         x, y, weight, stats = ctx.saved_tensors
         g = g.contiguous(memory_format=CL)
@@ -61,21 +65,25 @@ def _kernel_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | Non
     """Whether the C kernel computes ``bn_act`` for these arguments (else PyTorch's layers do)."""
     if not (_fused is not None and type(bn) is nn.BatchNorm2d and bn.training  # not DDP's sync_bn subclass
             and bn.track_running_stats and bn.momentum is not None and bn.affine
-            and not torch.compiler.is_compiling()):  # the compiler traces PyTorch's layers
+            and not (bn._forward_hooks or bn._forward_pre_hooks)  # hooks see PyTorch's layer
+            and not torch.compiler.is_compiling()  # compilers and tracers (fake tensors, dispatch
+            and _get_current_dispatch_mode() is None):  # modes) see PyTorch's layers, not a raw C call
         return False
-    tensors = (x, bn.weight, bn.bias) if residual is None else (x, bn.weight, bn.bias, residual)
+    tensors = (x, bn.weight, bn.bias, bn.running_mean, bn.running_var) + (() if residual is None else (residual,))
     return (x.dim() == 4 and x.numel() > x.shape[1]  # > 1 value per channel (else BN's own error)
-            and x.shape[1] <= 4096  # MAXC of _fused.c
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and x.shape[1] == bn.num_features <= 4096  # MAXC of _fused.c
+            and all(type(t) in (torch.Tensor, nn.Parameter) and t.device.type == "cpu"
+                    and t.dtype == torch.float32 for t in tensors)
             and x.is_contiguous(memory_format=CL)
             and (residual is None or (residual.shape == x.shape and residual.is_contiguous(memory_format=CL)))
             and not torch.is_autocast_enabled("cpu"))
 
 
-def bn_act(bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None = None,
+def bn_act(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None,
            relu: bool = True) -> torch.Tensor:
     """``relu(bn(x) + residual)`` (without the ReLU when ``relu`` is False, without the add when
-    ``residual`` is None). x, residual: (B, C, T, V); returns (B, C, T, V), channels-last on the kernel path."""
+    ``residual`` is None); ``bn`` a BatchNorm2d, or what replaces it after folding (nn.Identity).
+    x, residual: (B, C, T, V); returns (B, C, T, V), channels-last on the kernel path."""
     if not _kernel_applies(bn, x, residual):
         y = bn(x)  # an nn.Identity after fold_batchnorm: x itself, which the ReLU must not overwrite
         if residual is not None:
