@@ -71,7 +71,7 @@ def _kernel_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | Non
         return False
     tensors = (x, bn.weight, bn.bias, bn.running_mean, bn.running_var) + (() if residual is None else (residual,))
     return (x.dim() == 4 and x.numel() > x.shape[1]  # > 1 value per channel (else BN's own error)
-            and x.shape[1] == bn.num_features <= 4096  # MAXC of _fused.c
+            and x.shape[1] == bn.num_features <= _fused.MAXC
             and all(type(t) in (torch.Tensor, nn.Parameter) and t.device.type == "cpu"
                     and t.dtype == torch.float32 for t in tensors)
             and x.is_contiguous(memory_format=CL)
