@@ -130,3 +130,68 @@ def test_mismatched_or_hooked_batchnorm_takes_pytorch_layers():
     assert not bnact._kernel_applies(bn, x, None)
     bnact.bn_act(bn, x)
     assert calls == [1]
+
+
+def _pieces_run(bn, xs, residual, g, relu, split):
+    """bn_act on a list of inputs (their concatenation) with split outputs: outputs, input / residual /
+    weight / bias gradients, running statistics."""
+    xs = [x.clone().requires_grad_() for x in xs]
+    residual = None if residual is None else residual.clone().requires_grad_()
+    ys = bnact.bn_act(bn.train(), xs, residual, relu, split)
+    ys = (ys,) if isinstance(ys, torch.Tensor) else ys
+    torch.autograd.backward(ys, g.split(list(split or [g.shape[1]]), 1))
+    grads = [x.grad for x in xs] + [bn.weight.grad, bn.bias.grad] + ([] if residual is None else [residual.grad])
+    return ys, grads, [bn.running_mean.clone(), bn.running_var.clone()]
+
+
+@needs_kernel
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("layout", ["segments", "channel_major"])
+@pytest.mark.parametrize("shape", [(3, 40, 7, 5), (2, 17, 3, 1), (4, 64, 13, 20)])
+def test_kernel_reads_segments_and_channel_major(shape, layout, with_residual, relu):
+    """The kernel reads its input as several channels-last tensors (concatenated along C) or as one
+    channel-major tensor, writes its output whole or split into channels-last pieces, and hands back the
+    inputs' gradients in their own layouts; the results are bit for bit those of one channels-last input
+    (same rows, same order of summation), and match PyTorch's layers in float64. Shapes with channel and
+    row counts that are and are not multiples of the 16 x 16 transposed blocks."""
+    b, c, t, v = shape
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(shape, generator=gen) * 2 + 1
+    res = torch.randn(shape, generator=gen).contiguous(memory_format=CL) if with_residual else None
+    g = torch.randn(shape, generator=gen).contiguous(memory_format=CL)
+    if layout == "segments":
+        split = (c // 3, c - c // 3 - c // 4, c // 4)
+        xs = [p.contiguous(memory_format=CL) for p in x.split(list(split), 1)]
+    else:
+        split = None
+        xs = [x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)]
+        assert not xs[0].is_contiguous(memory_format=CL)
+    assert bnact._kernel_applies(_bn(c), xs, res, split)
+    got = _pieces_run(_bn(c), xs, res, g, relu, split)
+    one = _pieces_run(_bn(c), [x.contiguous(memory_format=CL)], res, g, relu, split)  # plain rows, split after
+    assert all(y.is_contiguous(memory_format=CL) for y in got[0])
+    for gx, x_in in zip(got[1], xs):
+        assert gx.stride() == x_in.stride()
+    assert all(torch.equal(a, b_) for a, b_ in zip(torch.cat(got[0], 1).flatten(), torch.cat(one[0], 1).flatten()))
+    assert torch.equal(torch.cat(got[1][:len(xs)], 1), one[1][0])
+    assert all(torch.equal(a, b_) for a, b_ in zip(got[1][len(xs):] + got[2], one[1][1:] + one[2]))
+    want = _run(lambda b_, x_, r: _plain(b_, x_, r, relu), _bn(c).double(), x.double(),
+                None if res is None else res.double(), g.double())
+    torch.testing.assert_close(torch.cat(got[0], 1).double(), want[0], atol=2e-6, rtol=1e-5)
+    for a, w in zip([torch.cat(got[1][:len(xs)], 1)] + got[1][len(xs):], want[1]):
+        torch.testing.assert_close(a.double(), w, atol=2e-5, rtol=1e-4)
+
+
+def test_pieces_without_kernel_are_cat_and_split():
+    """Where PyTorch's layers run (here: eval mode), a list input is their concatenation, ``split`` splits
+    the result, and a channel-major input gives a channels-last output, with the same values."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 12, 5, 3, generator=gen).contiguous(memory_format=CL)
+    bn = _bn(12).eval()
+    want = torch.relu(bn(x))
+    got = bnact.bn_act(bn, list(x.split([4, 8], 1)), split=(6, 6))
+    assert all(torch.equal(a, b) for a, b in zip(got, want.split(6, 1)))
+    cm = x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)
+    out = bnact.bn_act(bn, cm)
+    assert out.is_contiguous(memory_format=CL) and torch.equal(out, want)

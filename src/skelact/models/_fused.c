@@ -1,8 +1,14 @@
 /* Optional C kernels for skelact.models.bnact: training-mode BatchNorm fused with the residual add and the
- * ReLU that follow it in a CTR-GCN unit, forward and backward, on float32 channels-last rows.
+ * ReLU that follow it in a CTR-GCN unit, forward and backward, on float32 tensors.
  *
- * A channels-last (B, C, T, V) tensor is N = B·T·V rows of C contiguous channels. With per-channel batch
- * statistics mean, var (biased) and invstd = 1/sqrt(var + eps):
+ * A channels-last (B, C, T, V) tensor is N = B·T·V rows of C contiguous channels. The kernels see every
+ * (N, C) operand as such rows, stored in one of three ways (a "matrix" argument, see parse_mat): one
+ * channels-last tensor; several channels-last tensors concatenated along C (segments: the branches of a
+ * temporal block, read without torch.cat, or an output written straight into its branches without a
+ * split copy); or one channel-major tensor, element (r, j) at j·N + r (the graph convolution's output,
+ * read and its gradient written without a layout transpose). Rows are handled in tiles of up to TILE
+ * values that are gathered into / scattered from a contiguous buffer when the storage is not plain rows.
+ * With per-channel batch statistics mean, var (biased) and invstd = 1/sqrt(var + eps):
  *
  *   forward   y = relu(x·s + h + res),  s = w·invstd, h = b − mean·s   (res and the ReLU optional)
  *   backward  g' = g·[y > 0] (g without the ReLU; NaN in y passes g, as ATen), the residual's gradient;
@@ -21,15 +27,53 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define NCHUNK 64
 #define MAXC 4096  /* channels at most */
+#define MAXSEG 8   /* segments of a matrix at most */
+#define TILE 4096  /* values per tile buffer: a tile is max(1, TILE / C) rows */
+_Static_assert(MAXC <= TILE, "a row must fit in a tile");
 
 /* The row loops are compiled for AVX-512, AVX2 and baseline x86-64, chosen at load time (GCC, clang). */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define VECTOR_CLONES
+#endif
+
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define HAVE_SHUFFLEVECTOR 1
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 load16(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+static inline void store16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+/* Transposes the 16x16 block whose rows are r[0..15]: each level h swaps the off-diagonal h x h blocks
+   of every 2h x 2h block (rows a and a + h exchange their halves), so after h = 8, 4, 2, 1 row i holds
+   column i. */
+#define SWAP_LEVEL(h, LO, HI)                                                     \
+    for (int a = 0; a < 16; ++a)                                                  \
+        if (!(a & (h))) {                                                         \
+            v16 lo = __builtin_shufflevector(r[a], r[a + (h)], LO);               \
+            r[a + (h)] = __builtin_shufflevector(r[a], r[a + (h)], HI);           \
+            r[a] = lo;                                                            \
+        }
+#define LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define LO4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define HI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define LO2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define HI2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define LO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define HI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+static inline void transpose16(v16 r[16])
+{
+    SWAP_LEVEL(8, LO8, HI8)
+    SWAP_LEVEL(4, LO4, HI4)
+    SWAP_LEVEL(2, LO2, HI2)
+    SWAP_LEVEL(1, LO1, HI1)
+}
 #endif
 
 /* Per-channel sums over rows: s1 = Σ a, s2 = Σ a·b, with a masked by m > 0 when m is given. */
@@ -58,18 +102,133 @@ static void chunk_sums(const float *restrict a, const float *restrict b, const f
     }
 }
 
-/* s1, s2 (c each) := the sums over all n rows; 0 on success, -1 when out of memory. */
-static int channel_sums(const float *a, const float *b, const float *m, double *s1, double *s2,
+/* An (n, c) matrix of rows (see the top of the file). */
+typedef struct {
+    int cm;                 /* 1: channel-major, element (r, j) at p[0][j·n + r]; 0: rows in segments */
+    int nseg;               /* segment s: channels [Σ cs[<s], + cs[s]) of each row, rows of cs[s] values */
+    float *p[MAXSEG];
+    int64_t cs[MAXSEG];
+} mat_t;
+
+/* Parses a matrix argument: (0, ptr, channels, ptr, channels, ...) for rows in segments, (1, ptr) for
+   channel-major; the channels must add up to c. 0 on success, -1 with a ValueError set. */
+static int parse_mat(PyObject *o, mat_t *m, int64_t c, const char *name)
+{
+    Py_ssize_t len = PyTuple_Check(o) ? PyTuple_GET_SIZE(o) : 0;
+    long long kind = len ? PyLong_AsLongLong(PyTuple_GET_ITEM(o, 0)) : -1;
+    if (PyErr_Occurred())
+        return -1;
+    m->cm = kind == 1;
+    m->nseg = m->cm ? 1 : (int)((len - 1) / 2);
+    int ok = (kind == 1 && len == 2) || (kind == 0 && len >= 3 && len % 2 == 1 && m->nseg <= MAXSEG);
+    int64_t total = 0;
+    for (int s = 0; ok && s < m->nseg; ++s) {
+        m->p[s] = (float *)(uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(o, 1 + 2 * s));
+        m->cs[s] = m->cm ? c : PyLong_AsLongLong(PyTuple_GET_ITEM(o, 2 + 2 * s));
+        if (PyErr_Occurred())
+            return -1;
+        ok = m->p[s] != NULL && m->cs[s] >= 1;
+        total += m->cs[s];
+    }
+    if (!ok || total != c) {
+        PyErr_Format(PyExc_ValueError, "_fused: bad matrix argument %s for %lld channels", name, (long long)c);
+        return -1;
+    }
+    return 0;
+}
+
+static inline int plain(const mat_t *m) { return !m->cm && m->nseg == 1; }
+static inline int64_t tile_rows(int64_t c) { return c >= TILE ? 1 : TILE / c; }
+
+/* Between channel-major storage p (element (r, j) at p[j·n + r]) and the rows buf[(r - r0)·c + j] of
+   rows [r0, r0 + rows): gathered into buf (to_cm = 0) or scattered from it (to_cm = 1). 16 x 16 blocks are
+   transposed in vector registers where the compiler allows, the rest element by element. */
+VECTOR_CLONES
+static void cm_rows(float *p, int64_t n, int64_t r0, int64_t rows, int64_t c, float *buf, int to_cm)
+{
+    int64_t i0 = 0, j0 = 0;
+#ifdef HAVE_SHUFFLEVECTOR
+    for (; j0 + 16 <= c; j0 += 16)
+        for (i0 = 0; i0 + 16 <= rows; i0 += 16) {
+            v16 r[16];
+            for (int k = 0; k < 16; ++k)
+                r[k] = to_cm ? load16(buf + (i0 + k) * c + j0) : load16(p + (j0 + k) * n + r0 + i0);
+            transpose16(r);
+            for (int k = 0; k < 16; ++k) {
+                if (to_cm)
+                    store16(p + (j0 + k) * n + r0 + i0, r[k]);
+                else
+                    store16(buf + (i0 + k) * c + j0, r[k]);
+            }
+        }
+    /* what the blocks left: rows [i0, rows) of channels [0, j0), and every row of channels [j0, c) */
+#endif
+    for (int64_t j = 0; j < c; ++j)
+        for (int64_t i = j < j0 ? i0 : 0; i < rows; ++i) {
+            if (to_cm)
+                p[j * n + r0 + i] = buf[i * c + j];
+            else
+                buf[i * c + j] = p[j * n + r0 + i];
+        }
+}
+
+/* Rows [r0, r0 + rows) of m as contiguous rows: m's own memory when it is plain, else gathered into buf. */
+static const float *tile_in(const mat_t *m, int64_t r0, int64_t rows, int64_t n, int64_t c, float *buf)
+{
+    if (plain(m))
+        return m->p[0] + r0 * c;
+    if (m->cm) {
+        cm_rows(m->p[0], n, r0, rows, c, buf, 0);
+        return buf;
+    }
+    for (int s = 0, off = 0; s < m->nseg; off += (int)m->cs[s++]) {
+        const float *src = m->p[s] + r0 * m->cs[s];
+        for (int64_t i = 0; i < rows; ++i)
+            memcpy(buf + i * c + off, src + i * m->cs[s], (size_t)m->cs[s] * sizeof(float));
+    }
+    return buf;
+}
+
+/* Where to compute rows [r0, ...) of an output m: its own memory when plain, else buf (then tile_out). */
+static float *tile_dst(const mat_t *m, int64_t r0, int64_t c, float *buf)
+{
+    return plain(m) ? m->p[0] + r0 * c : buf;
+}
+
+static void tile_out(const mat_t *m, int64_t r0, int64_t rows, int64_t n, int64_t c, const float *buf)
+{
+    if (plain(m))
+        return;
+    if (m->cm) {
+        cm_rows(m->p[0], n, r0, rows, c, (float *)buf, 1);
+        return;
+    }
+    for (int s = 0, off = 0; s < m->nseg; off += (int)m->cs[s++]) {
+        float *dst = m->p[s] + r0 * m->cs[s];
+        for (int64_t i = 0; i < rows; ++i)
+            memcpy(dst + i * m->cs[s], buf + i * c + off, (size_t)m->cs[s] * sizeof(float));
+    }
+}
+
+/* s1, s2 (c each) := the sums over all n rows of a, b (b = NULL: a again) and the mask mk (or NULL);
+   0 on success, -1 when out of memory. */
+static int channel_sums(const mat_t *a, const mat_t *b, const mat_t *mk, double *s1, double *s2,
                         int64_t n, int64_t c, int threads)
 {
     double *part = calloc((size_t)(2 * NCHUNK * c), sizeof(double));
     if (!part)
         return -1;
+    const int64_t R = tile_rows(c);
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t k = 0; k < NCHUNK; ++k) {
+        float ba[TILE], bb[TILE], bm[TILE];
         int64_t lo = n * k / NCHUNK, hi = n * (k + 1) / NCHUNK;
-        chunk_sums(a + lo * c, b + lo * c, m ? m + lo * c : NULL, part + 2 * k * c, part + (2 * k + 1) * c,
-                   hi - lo, c);
+        for (int64_t r0 = lo; r0 < hi; r0 += R) {
+            int64_t rows = hi - r0 < R ? hi - r0 : R;
+            const float *ta = tile_in(a, r0, rows, n, c, ba);
+            chunk_sums(ta, b ? tile_in(b, r0, rows, n, c, bb) : ta, mk ? tile_in(mk, r0, rows, n, c, bm) : NULL,
+                       part + 2 * k * c, part + (2 * k + 1) * c, rows, c);
+        }
     }
     for (int64_t j = 0; j < c; ++j)
         s1[j] = s2[j] = 0.0;
@@ -141,27 +300,31 @@ static PyObject *finish(double *sums, float *coef, int failed)
     Py_RETURN_NONE;
 }
 
-/* forward(x, res, y, w, b, stats, n, c, relu, eps, threads): stats (3c floats) := mean, biased var, invstd;
-   res = 0 for none. */
+/* forward(x, res, y, w, b, stats, n, c, relu, eps, threads): x and y matrices (see parse_mat), res a
+   pointer to plain rows or 0 for none; stats (3c floats) := mean, biased var, invstd. */
 static PyObject *forward(PyObject *self, PyObject *args)
 {
-    unsigned long long px, pres, py, pw, pb, pstats;
+    PyObject *ox, *oy;
+    unsigned long long pres, pw, pb, pstats;
     long long n, c;
     int relu, threads;
     double eps;
-    if (!PyArg_ParseTuple(args, "KKKKKKLLpdi", &px, &pres, &py, &pw, &pb, &pstats, &n, &c, &relu, &eps,
+    mat_t x, y;
+    if (!PyArg_ParseTuple(args, "OKOKKKLLpdi", &ox, &pres, &oy, &pw, &pb, &pstats, &n, &c, &relu, &eps,
                           &threads))
         return NULL;
     if (c < 1 || c > MAXC || n < 1)
         return PyErr_Format(PyExc_ValueError, "_fused.forward: %lld channels, %lld rows", c, n);
-    const float *x = PTR(px), *res = pres ? PTR(pres) : NULL, *w = PTR(pw), *b = PTR(pb);
-    float *y = PTR(py), *stats = PTR(pstats);
+    if (parse_mat(ox, &x, c, "x") || parse_mat(oy, &y, c, "y"))
+        return NULL;
+    const float *res = pres ? PTR(pres) : NULL, *w = PTR(pw), *b = PTR(pb);
+    float *stats = PTR(pstats);
     double *sums = malloc((size_t)(2 * c) * sizeof(double));
     float *coef = malloc((size_t)(2 * c) * sizeof(float));
     int failed = !sums || !coef;
     Py_BEGIN_ALLOW_THREADS
     if (!failed)
-        failed = channel_sums(x, x, NULL, sums, sums + c, n, c, threads);
+        failed = channel_sums(&x, NULL, NULL, sums, sums + c, n, c, threads);
     if (!failed) {
         for (int64_t j = 0; j < c; ++j) {
             double mean = sums[j] / n, var = sums[c + j] / n - mean * mean;
@@ -173,37 +336,51 @@ static PyObject *forward(PyObject *self, PyObject *args)
             coef[j] = (float)s;
             coef[c + j] = (float)(b[j] - mean * s);
         }
+        const int64_t R = tile_rows(c);
         #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t k = 0; k < NCHUNK; ++k) {
+            float bx[TILE], by[TILE];
             int64_t lo = n * k / NCHUNK, hi = n * (k + 1) / NCHUNK;
-            apply_rows(x + lo * c, res ? res + lo * c : NULL, y + lo * c, coef, coef + c, relu, hi - lo, c);
+            for (int64_t r0 = lo; r0 < hi; r0 += R) {
+                int64_t rows = hi - r0 < R ? hi - r0 : R;
+                float *ty = tile_dst(&y, r0, c, by);
+                apply_rows(tile_in(&x, r0, rows, n, c, bx), res ? res + r0 * c : NULL, ty, coef, coef + c, relu,
+                           rows, c);
+                tile_out(&y, r0, rows, n, c, ty);
+            }
         }
     }
     Py_END_ALLOW_THREADS
     return finish(sums, coef, failed);
 }
 
-/* backward(g, x, y, gx, gres, w, mean, invstd, gwb, n, c, threads): gwb (2c floats) := dw, db;
-   y = 0 without the ReLU; gres = 0 when the masked gradient is not wanted. */
+/* backward(g, x, y, gx, gres, w, mean, invstd, gwb, n, c, threads): g, x, gx matrices, y a matrix or None
+   without the ReLU; gres a pointer to plain rows, 0 when the masked gradient is not wanted;
+   gwb (2c floats) := dw, db. */
 static PyObject *backward(PyObject *self, PyObject *args)
 {
-    unsigned long long pg, px, py, pgx, pgres, pw, pmean, pinv, pgwb;
+    PyObject *og, *ox, *oy, *ogx;
+    unsigned long long pgres, pw, pmean, pinv, pgwb;
     long long n, c;
     int threads;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKLLi", &pg, &px, &py, &pgx, &pgres, &pw, &pmean, &pinv, &pgwb, &n,
+    mat_t g, x, y, gx;
+    if (!PyArg_ParseTuple(args, "OOOOKKKKKLLi", &og, &ox, &oy, &ogx, &pgres, &pw, &pmean, &pinv, &pgwb, &n,
                           &c, &threads))
         return NULL;
     if (c < 1 || c > MAXC || n < 1)
         return PyErr_Format(PyExc_ValueError, "_fused.backward: %lld channels, %lld rows", c, n);
-    const float *g = PTR(pg), *x = PTR(px), *y = py ? PTR(py) : NULL, *w = PTR(pw), *mean = PTR(pmean),
-                *invstd = PTR(pinv);
-    float *gx = PTR(pgx), *gres = pgres ? PTR(pgres) : NULL, *gwb = PTR(pgwb);
+    int has_y = oy != Py_None;
+    if (parse_mat(og, &g, c, "g") || parse_mat(ox, &x, c, "x") || (has_y && parse_mat(oy, &y, c, "y"))
+        || parse_mat(ogx, &gx, c, "gx"))
+        return NULL;
+    const float *w = PTR(pw), *mean = PTR(pmean), *invstd = PTR(pinv);
+    float *gres = pgres ? PTR(pgres) : NULL, *gwb = PTR(pgwb);
     double *sums = malloc((size_t)(2 * c) * sizeof(double));
     float *coef = malloc((size_t)(3 * c) * sizeof(float));
     int failed = !sums || !coef;
     Py_BEGIN_ALLOW_THREADS
     if (!failed)
-        failed = channel_sums(g, x, y, sums, sums + c, n, c, threads);  /* Σg', Σg'·x */
+        failed = channel_sums(&g, &x, has_y ? &y : NULL, sums, sums + c, n, c, threads);  /* Σg', Σg'·x */
     if (!failed) {
         for (int64_t j = 0; j < c; ++j) {
             double is = invstd[j], sg = sums[j], sgxh = is * (sums[c + j] - mean[j] * sg);  /* Σg'x̂ */
@@ -214,11 +391,19 @@ static PyObject *backward(PyObject *self, PyObject *args)
             coef[c + j] = (float)cb;
             coef[2 * c + j] = (float)(-s * sg / n - cb * mean[j]);
         }
+        const int64_t R = tile_rows(c);
         #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t k = 0; k < NCHUNK; ++k) {
+            float bg[TILE], bx[TILE], by[TILE], bgx[TILE];
             int64_t lo = n * k / NCHUNK, hi = n * (k + 1) / NCHUNK;
-            grad_rows(g + lo * c, x + lo * c, y ? y + lo * c : NULL, gx + lo * c, gres ? gres + lo * c : NULL,
-                      coef, coef + c, coef + 2 * c, hi - lo, c);
+            for (int64_t r0 = lo; r0 < hi; r0 += R) {
+                int64_t rows = hi - r0 < R ? hi - r0 : R;
+                float *tgx = tile_dst(&gx, r0, c, bgx);
+                grad_rows(tile_in(&g, r0, rows, n, c, bg), tile_in(&x, r0, rows, n, c, bx),
+                          has_y ? tile_in(&y, r0, rows, n, c, by) : NULL, tgx, gres ? gres + r0 * c : NULL,
+                          coef, coef + c, coef + 2 * c, rows, c);
+                tile_out(&gx, r0, rows, n, c, tgx);
+            }
         }
     }
     Py_END_ALLOW_THREADS
@@ -236,7 +421,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fused", NULL, -1, m
 PyMODINIT_FUNC PyInit__fused(void)
 {
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "MAXC", MAXC) < 0) {  /* the channel limit, for the caller's check */
+    if (m && (PyModule_AddIntConstant(m, "MAXC", MAXC) < 0  /* the limits, for the caller's checks */
+              || PyModule_AddIntConstant(m, "MAXSEG", MAXSEG) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

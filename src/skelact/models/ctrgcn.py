@@ -117,8 +117,7 @@ class CTRAggregate(torch.autograd.Function):
             torch.mm(w3[k], x_rows.t(), out=x3)  # x3_k without bias: (C, B·T·V)
             torch.mm(w4_aug[k], m_aug[k], out=r)  # R_k: (C, B·U·V)
             out.baddbmm_(x3.view(c * b, t, v), r.view(c * b, v, v).transpose(1, 2))  # (T,V)@(V,U) per (c,b)
-        # to channels-last as a 3-D permute copy: twice as fast as the 2-D transpose (C, B·T·U) -> (B·T·U, C)
-        return out.view(c, b, t * v).permute(1, 2, 0).contiguous().view(b, t, v, c).permute(0, 3, 1, 2)
+        return out.view(c, b, t, v).permute(1, 0, 2, 3)  # channel-major (B, C, T, U): bn_act reads it as is
 
     @staticmethod
     def _backward(g, x, m, w3, b3, w4, b4, A):
@@ -255,11 +254,11 @@ class MultiScaleTCN(nn.Module):
         self.pw_bn = self.out_bn = nn.Identity()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        *a, a_pool = bn_act(self.pw_bn, self.pw(x)).split(self.bc, 1)  # 3 x (B, bc, T, V)
+        *a, a_pool = bn_act(self.pw_bn, self.pw(x), split=(self.bc,) * (len(self.dconv) + 1))  # (B, bc, T, V)
         outs = [conv(ai) for ai, conv in zip(a, self.dconv)]
         outs.append(self.pool_affine(F.max_pool2d(a_pool, (3, 1), (self.stride, 1), (1, 0))))
         outs.append(self.pw4(x))
-        return bn_act(self.out_bn, torch.cat(outs, 1), residual)  # the unit's relu(tcn(x) + residual)
+        return bn_act(self.out_bn, outs, residual)  # the unit's relu(tcn(x) + residual), outs concatenated
 
 
 class CTRUnit(nn.Module):
