@@ -50,7 +50,7 @@ class _BNAct(torch.autograd.Function):
     def forward(ctx, weight, bias, residual, relu: bool, eps: float, split, *xs):
         b, _, t, v = xs[0].shape
         c = weight.shape[0]
-        ys = [xs[0].new_empty(b, ci, t, v).contiguous(memory_format=CL) for ci in (split or (c,))]
+        ys = [torch.empty(b, ci, t, v, memory_format=CL) for ci in (split or (c,))]
         stats = weight.new_empty(3, c)  # mean, biased var, invstd
         _fused.forward(_mat(xs), 0 if residual is None else residual.data_ptr(), _mat(ys), weight.data_ptr(),
                        bias.data_ptr(), stats.data_ptr(), b * t * v, c, relu, eps, torch.get_num_threads())
@@ -70,7 +70,7 @@ class _BNAct(torch.autograd.Function):
         gxs = [torch.empty_like(x) for x in xs]  # same layout as x (empty_like keeps dense strides)
         g_res = None
         if ctx.has_residual:  # the masked gradient with the ReLU; g itself without
-            g_res = gs[0].new_empty(b, c, t, v).contiguous(memory_format=CL) if ys else torch.cat(gs, 1)
+            g_res = torch.empty(b, c, t, v, memory_format=CL) if ys else torch.cat(gs, 1)
         gwb = weight.new_empty(2, c)
         _fused.backward(_mat(gs), _mat(xs), None if ys is None else _mat(ys), _mat(gxs),
                         g_res.data_ptr() if ys and ctx.has_residual else 0, weight.data_ptr(),
