@@ -15,7 +15,9 @@
  *             dx = s·(g' − Σg'/N − x̂·Σg'x̂/N),  dw = Σg'x̂,  db = Σg'   with x̂ = (x − mean)·invstd
  *
  * Each direction is two passes over the rows: per-channel sums, then one elementwise pass (ATen needs a BN
- * kernel, an add and a ReLU, each a pass or more, and the same again backward). The sums are taken in
+ * kernel, an add and a ReLU, each a pass or more, and the same again backward). With the ReLU and a
+ * residual, the backward sums pass also writes g' (the residual's gradient, wanted anyway), and the
+ * elementwise pass reads it instead of g and y. The sums are taken in
  * double over a fixed partition of the rows (NCHUNK chunks, combined in order), so results do not depend
  * on the thread count, nor (built with -ffp-contract=off) on the vector width. NaN propagates as through
  * PyTorch's layers. Threads: OpenMP, as many as the caller asks (torch.get_num_threads()); the GIL is
@@ -76,10 +78,11 @@ static inline void transpose16(v16 r[16])
 }
 #endif
 
-/* Per-channel sums over rows: s1 = Σ a, s2 = Σ a·b, with a masked by m > 0 when m is given. */
+/* Per-channel sums over rows: s1 = Σ a, s2 = Σ a·b, with a masked by m > 0 when m is given (and the masked
+   rows then written to am, unless it is NULL). */
 VECTOR_CLONES
 static void chunk_sums(const float *restrict a, const float *restrict b, const float *restrict m,
-                       double *restrict s1, double *restrict s2, int64_t rows, int64_t c)
+                       float *restrict am, double *restrict s1, double *restrict s2, int64_t rows, int64_t c)
 {
     for (int64_t r = 0; r < rows; ++r, a += c, b += c) {
         if (m) {
@@ -91,6 +94,10 @@ static void chunk_sums(const float *restrict a, const float *restrict b, const f
             for (int64_t j = 0; j < c; ++j) {
                 s1[j] += v[j];
                 s2[j] += (double)v[j] * b[j];
+            }
+            if (am) {
+                memcpy(am, v, (size_t)c * sizeof(float));
+                am += c;
             }
             m += c;
         } else {
@@ -210,9 +217,9 @@ static void tile_out(const mat_t *m, int64_t r0, int64_t rows, int64_t n, int64_
     }
 }
 
-/* s1, s2 (c each) := the sums over all n rows of a, b (b = NULL: a again) and the mask mk (or NULL);
-   0 on success, -1 when out of memory. */
-static int channel_sums(const mat_t *a, const mat_t *b, const mat_t *mk, double *s1, double *s2,
+/* s1, s2 (c each) := the sums over all n rows of a, b (b = NULL: a again) and the mask mk (or NULL), the
+   masked rows of a written to the plain rows am unless it is NULL; 0 on success, -1 when out of memory. */
+static int channel_sums(const mat_t *a, const mat_t *b, const mat_t *mk, float *am, double *s1, double *s2,
                         int64_t n, int64_t c, int threads)
 {
     double *part = calloc((size_t)(2 * NCHUNK * c), sizeof(double));
@@ -227,7 +234,7 @@ static int channel_sums(const mat_t *a, const mat_t *b, const mat_t *mk, double 
             int64_t rows = hi - r0 < R ? hi - r0 : R;
             const float *ta = tile_in(a, r0, rows, n, c, ba);
             chunk_sums(ta, b ? tile_in(b, r0, rows, n, c, bb) : ta, mk ? tile_in(mk, r0, rows, n, c, bm) : NULL,
-                       part + 2 * k * c, part + (2 * k + 1) * c, rows, c);
+                       am ? am + r0 * c : NULL, part + 2 * k * c, part + (2 * k + 1) * c, rows, c);
         }
     }
     for (int64_t j = 0; j < c; ++j)
@@ -262,23 +269,14 @@ static void apply_rows(const float *restrict x, const float *restrict res, float
 
 VECTOR_CLONES
 static void grad_rows(const float *restrict g, const float *restrict x, const float *restrict y,
-                      float *restrict gx, float *restrict gres, const float *restrict ca,
-                      const float *restrict cb, const float *restrict cc, int64_t rows, int64_t c)
+                      float *restrict gx, const float *restrict ca, const float *restrict cb,
+                      const float *restrict cc, int64_t rows, int64_t c)
 {
     for (int64_t r = 0; r < rows; ++r, g += c, x += c, gx += c) {
         if (y) {
-            if (gres) {
-                for (int64_t j = 0; j < c; ++j) {
-                    float gj = g[j], gv = y[j] <= 0.f ? 0.f : gj;
-                    gres[j] = gv;
-                    gx[j] = ca[j] * gv + cb[j] * x[j] + cc[j];
-                }
-                gres += c;
-            } else {
-                for (int64_t j = 0; j < c; ++j) {
-                    float gj = g[j], gv = y[j] <= 0.f ? 0.f : gj;
-                    gx[j] = ca[j] * gv + cb[j] * x[j] + cc[j];
-                }
+            for (int64_t j = 0; j < c; ++j) {
+                float gj = g[j], gv = y[j] <= 0.f ? 0.f : gj;
+                gx[j] = ca[j] * gv + cb[j] * x[j] + cc[j];
             }
             y += c;
         } else {
@@ -324,7 +322,7 @@ static PyObject *forward(PyObject *self, PyObject *args)
     int failed = !sums || !coef;
     Py_BEGIN_ALLOW_THREADS
     if (!failed)
-        failed = channel_sums(&x, NULL, NULL, sums, sums + c, n, c, threads);
+        failed = channel_sums(&x, NULL, NULL, NULL, sums, sums + c, n, c, threads);
     if (!failed) {
         for (int64_t j = 0; j < c; ++j) {
             double mean = sums[j] / n, var = sums[c + j] / n - mean * mean;
@@ -379,8 +377,11 @@ static PyObject *backward(PyObject *self, PyObject *args)
     float *coef = malloc((size_t)(3 * c) * sizeof(float));
     int failed = !sums || !coef;
     Py_BEGIN_ALLOW_THREADS
+    /* with the ReLU and a residual, the statistics pass writes g' (the residual's gradient), which the
+       gradient pass then reads instead of g and y */
+    float *gm = has_y ? gres : NULL;
     if (!failed)
-        failed = channel_sums(&g, &x, has_y ? &y : NULL, sums, sums + c, n, c, threads);  /* Σg', Σg'·x */
+        failed = channel_sums(&g, &x, has_y ? &y : NULL, gm, sums, sums + c, n, c, threads);  /* Σg', Σg'·x */
     if (!failed) {
         for (int64_t j = 0; j < c; ++j) {
             double is = invstd[j], sg = sums[j], sgxh = is * (sums[c + j] - mean[j] * sg);  /* Σg'x̂ */
@@ -399,9 +400,13 @@ static PyObject *backward(PyObject *self, PyObject *args)
             for (int64_t r0 = lo; r0 < hi; r0 += R) {
                 int64_t rows = hi - r0 < R ? hi - r0 : R;
                 float *tgx = tile_dst(&gx, r0, c, bgx);
-                grad_rows(tile_in(&g, r0, rows, n, c, bg), tile_in(&x, r0, rows, n, c, bx),
-                          has_y ? tile_in(&y, r0, rows, n, c, by) : NULL, tgx, gres ? gres + r0 * c : NULL,
-                          coef, coef + c, coef + 2 * c, rows, c);
+                if (gm)
+                    grad_rows(gm + r0 * c, tile_in(&x, r0, rows, n, c, bx), NULL, tgx, coef, coef + c, coef + 2 * c,
+                              rows, c);
+                else
+                    grad_rows(tile_in(&g, r0, rows, n, c, bg), tile_in(&x, r0, rows, n, c, bx),
+                              has_y ? tile_in(&y, r0, rows, n, c, by) : NULL, tgx, coef, coef + c, coef + 2 * c,
+                              rows, c);
                 tile_out(&gx, r0, rows, n, c, tgx);
             }
         }
@@ -410,9 +415,112 @@ static PyObject *backward(PyObject *self, PyObject *args)
     return finish(sums, coef, failed);
 }
 
+/* Temporal max-pooling of channels-last (B, C, T, V) float32 tensors: window k frames, stride s, padding
+ * p (frames outside [0, T) are skipped, not compared), T' = (T + 2p − k) / s + 1 outputs. As ATen's
+ * max_pool2d: the first maximum of a window wins, a NaN wins over numbers (the last NaN); backward hands
+ * each output's gradient to its winner. The winners are recomputed from x instead of stored as int64
+ * indices, and backward gathers per input frame (no zero fill, no scatter): each frame adds the gradients
+ * of the outputs whose windows it wins. */
+
+#define POOL_LANES 512  /* lanes (joint-channel values of a frame) per block in pool backward */
+
+/* One output frame: y = max over input frames [lo, lo + k) ∩ [0, t) of x (frames of vc values). */
+VECTOR_CLONES
+static void pool_fwd_frame(const float *restrict x, float *restrict y, int64_t lo, int64_t k, int64_t t,
+                           int64_t vc)
+{
+    int64_t a = lo < 0 ? 0 : lo, b = lo + k > t ? t : lo + k;
+    for (int64_t j = 0; j < vc; ++j)
+        y[j] = -INFINITY;
+    for (int64_t f = a; f < b; ++f)
+        for (int64_t j = 0; j < vc; ++j) {
+            float v = x[f * vc + j];
+            y[j] = (v > y[j] || v != v) ? v : y[j];
+        }
+}
+
+/* One input frame f: gx = the sum of g over the outputs whose window f wins (lanes [0, n) of a frame;
+   x, g, gx point at lane 0 of frame 0 of one sample, output frame 0, input frame f). */
+VECTOR_CLONES
+static void pool_bwd_frame(const float *restrict x, const float *restrict g, float *restrict gx, int64_t f,
+                           int64_t k, int64_t s, int64_t p, int64_t t, int64_t t_out, int64_t vc, int64_t n)
+{
+    float m[POOL_LANES];
+    int32_t w[POOL_LANES];
+    for (int64_t j = 0; j < n; ++j)
+        gx[j] = 0.f;
+    int64_t first = f + p - k + 1 <= 0 ? 0 : (f + p - k + 1 + s - 1) / s, last = (f + p) / s;
+    for (int64_t to = first; to <= last && to < t_out; ++to) {
+        int64_t lo = to * s - p, a = lo < 0 ? 0 : lo, b = lo + k > t ? t : lo + k;
+        for (int64_t j = 0; j < n; ++j) {
+            m[j] = -INFINITY;
+            w[j] = (int32_t)a;
+        }
+        for (int64_t q = a; q < b; ++q)  /* replay the forward scan, keeping the winner */
+            for (int64_t j = 0; j < n; ++j) {
+                float v = x[q * vc + j];
+                int take = v > m[j] || v != v;
+                m[j] = take ? v : m[j];
+                w[j] = take ? (int32_t)q : w[j];
+            }
+        for (int64_t j = 0; j < n; ++j)
+            gx[j] += w[j] == (int32_t)f ? g[to * vc + j] : 0.f;
+    }
+}
+
+/* pool_forward(x, y, b, t, v, c, k, s, p, threads) */
+static PyObject *pool_forward(PyObject *self, PyObject *args)
+{
+    unsigned long long px, py;
+    long long b, t, v, c, k, s, p;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKLLLLLLLi", &px, &py, &b, &t, &v, &c, &k, &s, &p, &threads))
+        return NULL;
+    if (b < 1 || t < 1 || v < 1 || c < 1 || k < 1 || s < 1 || p < 0 || p >= k || t + 2 * p < k || t > INT32_MAX)
+        return PyErr_Format(PyExc_ValueError, "_fused.pool_forward: bad sizes");
+    const float *x = PTR(px);
+    float *y = PTR(py);
+    int64_t t_out = (t + 2 * p - k) / s + 1, vc = v * c;
+    Py_BEGIN_ALLOW_THREADS
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < b * t_out; ++i) {
+        int64_t bi = i / t_out, to = i % t_out;
+        pool_fwd_frame(x + bi * t * vc, y + i * vc, to * s - p, k, t, vc);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* pool_backward(g, x, gx, b, t, v, c, k, s, p, threads) */
+static PyObject *pool_backward(PyObject *self, PyObject *args)
+{
+    unsigned long long pg, px, pgx;
+    long long b, t, v, c, k, s, p;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKLLLLLLLi", &pg, &px, &pgx, &b, &t, &v, &c, &k, &s, &p, &threads))
+        return NULL;
+    if (b < 1 || t < 1 || v < 1 || c < 1 || k < 1 || s < 1 || p < 0 || p >= k || t + 2 * p < k || t > INT32_MAX)
+        return PyErr_Format(PyExc_ValueError, "_fused.pool_backward: bad sizes");
+    const float *g = PTR(pg), *x = PTR(px);
+    float *gx = PTR(pgx);
+    int64_t t_out = (t + 2 * p - k) / s + 1, vc = v * c;
+    Py_BEGIN_ALLOW_THREADS
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < b * t; ++i) {
+        int64_t bi = i / t, f = i % t;
+        for (int64_t j0 = 0; j0 < vc; j0 += POOL_LANES)
+            pool_bwd_frame(x + bi * t * vc + j0, g + bi * t_out * vc + j0, gx + i * vc + j0, f, k, s, p, t, t_out,
+                           vc, vc - j0 < POOL_LANES ? vc - j0 : POOL_LANES);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"forward", forward, METH_VARARGS, "Fused BatchNorm (training) + residual + ReLU on channels-last rows."},
     {"backward", backward, METH_VARARGS, "Its backward."},
+    {"pool_forward", pool_forward, METH_VARARGS, "Temporal max-pooling of channels-last rows."},
+    {"pool_backward", pool_backward, METH_VARARGS, "Its backward."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -79,13 +79,21 @@ class _BNAct(torch.autograd.Function):
         return gwb[0], gwb[1], g_res, None, None, None, *gxs
 
 
+def kernel_may_run(*tensors: torch.Tensor) -> bool:
+    """Whether a raw C kernel of ``_fused`` may compute on these tensors: it is built; no compiler, tracer
+    or dispatch mode is watching (they see PyTorch's layers: fake tensors, make_fx); plain float32 CPU
+    tensors, no autocast. Layouts and sizes are the caller's to check."""
+    return (_fused is not None and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+            and not torch.is_autocast_enabled("cpu")
+            and all(type(t) in (torch.Tensor, nn.Parameter) and t.device.type == "cpu"
+                    and t.dtype == torch.float32 for t in tensors))
+
+
 def _kernel_applies(bn: nn.Module, xs, residual: torch.Tensor | None, split=None) -> bool:
     """Whether the C kernel computes ``bn_act`` for these arguments (else PyTorch's layers do)."""
     if not (_fused is not None and type(bn) is nn.BatchNorm2d and bn.training  # not DDP's sync_bn subclass
             and bn.track_running_stats and bn.momentum is not None and bn.affine
-            and not (bn._forward_hooks or bn._forward_pre_hooks)  # hooks see PyTorch's layer
-            and not torch.compiler.is_compiling()  # compilers and tracers (fake tensors, dispatch
-            and _get_current_dispatch_mode() is None):  # modes) see PyTorch's layers, not a raw C call
+            and not (bn._forward_hooks or bn._forward_pre_hooks)):  # hooks see PyTorch's layer
         return False
     xs = [xs] if isinstance(xs, torch.Tensor) else list(xs)
     if not (all(x.dim() == 4 and x.shape[:1] + x.shape[2:] == xs[0].shape[:1] + xs[0].shape[2:] for x in xs)
@@ -99,11 +107,8 @@ def _kernel_applies(bn: nn.Module, xs, residual: torch.Tensor | None, split=None
     return (b * t * v > 1  # > 1 value per channel (else BN's own error)
             and c == bn.num_features <= _fused.MAXC
             and (split is None or (min(split) > 0 and sum(split) == c))
-            and all(type(t) in (torch.Tensor, nn.Parameter) and t.device.type == "cpu"
-                    and t.dtype == torch.float32 for t in tensors)
-            and layout_ok
-            and (residual is None or (residual.shape == (b, c, t, v) and residual.is_contiguous(memory_format=CL)))
-            and not torch.is_autocast_enabled("cpu"))
+            and kernel_may_run(*tensors) and layout_ok
+            and (residual is None or (residual.shape == (b, c, t, v) and residual.is_contiguous(memory_format=CL))))
 
 
 def bn_act(bn: nn.Module, x, residual: torch.Tensor | None = None, relu: bool = True, split=None):

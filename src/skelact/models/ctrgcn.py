@@ -35,6 +35,7 @@ from torch.autograd.function import once_differentiable
 from .bnact import bn_act
 from .fold import ChannelAffine, bn_affine, fold_linear, fold_linear_bn
 from .taps import TAPS, run_units
+from .tpool import temporal_max_pool
 
 CL = torch.channels_last
 
@@ -45,6 +46,11 @@ UNITS = ((None, 64, 1), (64, 64, 1), (64, 64, 1), (64, 64, 1), (64, 128, 2), (12
 
 def _kaiming_fan_out(w: torch.Tensor, fan_out: int) -> None:
     nn.init.normal_(w, 0.0, math.sqrt(2.0 / fan_out))
+
+
+def _shortcut(path: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A residual path: nn.Identity, or nn.Sequential(1x1 conv, BN) with the BN through bn_act."""
+    return bn_act(path[1], path[0](x), relu=False) if isinstance(path, nn.Sequential) else path(x)
 
 
 class CTRAggregate(torch.autograd.Function):
@@ -143,7 +149,8 @@ class CTRAggregate(torch.autograd.Function):
             else:
                 gx.addmm_(gx3.t(), w3[k])
             gw3[k] = gx3 @ x_rows
-            gb3[k] = gx3.sum(1)
+            # sum_{b,t,v} dx3_k = sum_{b,u} (sum_t g)(sum_v R_k): on (C, B·U) instead of a pass over dx3_k
+            gb3[k] = (g_t * (w4_aug[k] @ m_sum[k])).sum(1)
             g_b3 = b3[k][:, None] * g_t  # the b3 term of dR_k, constant over v: (C, B·U)
             gm_aug = (w4_aug[k].t() @ gr).view(rel + 2, b * v, v)
             gm_aug += (w4_aug[k].t() @ g_b3)[..., None]
@@ -206,7 +213,7 @@ class CTRGraphConv(nn.Module):
         m = torch.tanh(q[:, 0, :, :, :, None] - q[:, 1, :, :, None, :]).contiguous()  # (K, rel, B, U, V)
         y = CTRAggregate.apply(x, m, self.w3, self.b3, self.w4 * self.alpha, self.b4 * self.alpha, self.PA,
                                self.shift)
-        return bn_act(self.bn, y, self.down(x))  # relu(bn(y) + down(x))
+        return bn_act(self.bn, y, _shortcut(self.down, x))  # relu(bn(y) + down(x))
 
 
 class MultiScaleTCN(nn.Module):
@@ -256,7 +263,7 @@ class MultiScaleTCN(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         *a, a_pool = bn_act(self.pw_bn, self.pw(x), split=(self.bc,) * (len(self.dconv) + 1))  # (B, bc, T, V)
         outs = [conv(ai) for ai, conv in zip(a, self.dconv)]
-        outs.append(self.pool_affine(F.max_pool2d(a_pool, (3, 1), (self.stride, 1), (1, 0))))
+        outs.append(self.pool_affine(temporal_max_pool(a_pool, 3, self.stride, 1)))
         outs.append(self.pw4(x))
         return bn_act(self.out_bn, outs, residual)  # the unit's relu(tcn(x) + residual), outs concatenated
 
@@ -279,7 +286,7 @@ class CTRUnit(nn.Module):
             nn.init.zeros_(self.residual[0].bias)
 
     def forward(self, x):
-        return self.tcn(self.gcn(x), None if self.residual is None else self.residual(x))
+        return self.tcn(self.gcn(x), None if self.residual is None else _shortcut(self.residual, x))
 
 
 class CTRGCN(nn.Module):
@@ -314,5 +321,6 @@ class CTRGCN(nn.Module):
     def forward(self, x: torch.Tensor, taps: bool = True):
         n, c, t, v, m = x.shape
         x = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t))  # BN over (M, V, C) channels
-        x = x.view(n, m, v, c, t).permute(0, 1, 4, 2, 3).reshape(n * m, t, v, c).permute(0, 3, 1, 2)
+        # channels-last (N·M, C, T, V); as a view it would keep data_bn's frame-fastest order
+        x = x.view(n, m, v, c, t).permute(0, 1, 4, 2, 3).reshape(n * m, t, v, c).contiguous().permute(0, 3, 1, 2)
         return run_units(self.units, x, n, m, taps)
