@@ -247,6 +247,6 @@ def test_ctr_aggregate_gradcheck_with_output_shift():
         return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
     x = torch.randn(b, ci, t, v, generator=g, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()
-    args = (x, rnd(k, rel, b, v, v), rnd(k, c, ci), rnd(k, c), rnd(k, c, rel), rnd(k, c), rnd(k, v, v))
+    args = (x, rnd(k, 2, rel, b, v), rnd(k, c, ci), rnd(k, c), rnd(k, c, rel), rnd(k, c), rnd(k, v, v))
     assert torch.autograd.gradcheck(lambda *a: CTRAggregate.apply(*a), (*args, rnd(c)))
     assert torch.autograd.gradcheck(lambda *a: CTRAggregate.apply(*a), args)

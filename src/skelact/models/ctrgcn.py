@@ -57,28 +57,32 @@ class CTRAggregate(torch.autograd.Function):
     """The K CTRGC subsets of a unit, conv3 / conv4 included, as one memory-light function:
 
     ``out[b,c,t,u] = sum_k sum_v R_k[b,c,u,v] · x3_k[b,c,t,v]`` with ``x3_k = W3_k x + b3_k`` (1x1 conv)
-    and ``R_k = W4_k m_k + b4_k + A_k`` (1x1 conv on the tanh map ``m_k``, plus the adjacency).
+    and ``R_k = W4_k m_k + b4_k + A_k`` (1x1 conv on the tanh map ``m_k[b,r,u,v] = tanh(q1_k[r,b,u] −
+    q2_k[r,b,v])`` of conv1 / conv2's temporal means q1, q2, plus the adjacency).
 
-    Inputs: x (B, Ci, T, V) channels-last; m (K, rel, B, V, V); w3 (K, C, Ci); b3 (K, C); w4 (K, C, rel);
-    b4 (K, C); A (K, V, V); shift (C,) or None, added to the output (a folded BN's shift, at no cost).
-    Output (B, C, T, V) channels-last.
+    Inputs: x (B, Ci, T, V) channels-last; q (K, 2, rel, B, V): q1_k = q[k, 0], q2_k = q[k, 1];
+    w3 (K, C, Ci); b3 (K, C); w4 (K, C, rel); b4 (K, C); A (K, V, V); shift (C,) or None, added to the
+    output (a folded BN's shift, at no cost). Output (B, C, T, V), stored channel-major (C, B, T, V):
+    :func:`~skelact.models.bnact.bn_act` reads it as it is.
 
     Inside, tensors are channel-major: ``x3_k`` is one GEMM ``W3_k @ x^T`` -> (C, B·T·V) and ``R_k``
     one GEMM ``[W4_k | b4_k | 1] @ [m_k; 1; A_k]`` -> (C, B·V·V), so the aggregation is a batched
     (T, V) @ (V, U) product over the C·B pairs and every weight gradient is a single GEMM. b3 never costs
     a pass over a big tensor: its contribution ``b3_k[c] · sum_v R_k[c,b,u,v]`` is constant over t and
-    initialises ``out`` (and is corrected for on small tensors in backward). Only x and m are saved;
+    initialises ``out`` (and is corrected for on small tensors in backward). Only x and q are saved;
+    the tanh maps are written once into the GEMM operand ``[m; 1; A]`` (forward, and again backward),
     x3_k and R_k are recomputed in backward one subset at a time, in reused buffers. Under autocast the
     function runs in the autocast dtype.
     """
 
     @staticmethod
-    def _aug(m, w4, b4, A):
-        """m_aug (K, rel+2, B·V·V) = [m; 1; A], w4_aug (K, C, rel+2) = [W4 | b4 | 1]."""
-        k_sub, rel, b, v, _ = m.shape
-        one = m.new_ones(k_sub, 1, b, v * v)
-        a = A.reshape(k_sub, 1, 1, v * v).expand_as(one)
-        m_aug = torch.cat([m.reshape(k_sub, rel, b, v * v), one, a], 1)
+    def _aug(q, w4, b4, A):
+        """m_aug (K, rel+2, B·U·V) = [m; 1; A] with m = tanh(q1_u − q2_v); w4_aug (K, C, rel+2) = [W4 | b4 | 1]."""
+        k_sub, _, rel, b, v = q.shape
+        m_aug = q.new_empty(k_sub, rel + 2, b, v, v)
+        torch.sub(q[:, 0, :, :, :, None], q[:, 1, :, :, None, :], out=m_aug[:, :rel]).tanh_()
+        m_aug[:, rel] = 1
+        m_aug[:, rel + 1] = A[:, None]
         w4_aug = torch.cat([w4, b4[..., None], torch.ones_like(b4)[..., None]], 2)
         return m_aug.view(k_sub, rel + 2, b * v * v), w4_aug
 
@@ -90,12 +94,12 @@ class CTRAggregate(torch.autograd.Function):
         return x.dtype
 
     @staticmethod
-    def forward(ctx, x, m, w3, b3, w4, b4, A, shift=None):
+    def forward(ctx, x, q, w3, b3, w4, b4, A, shift=None):
         ctx.dtype = CTRAggregate._compute_dtype(x)  # under autocast: its dtype; the GEMMs use out=
         with torch.autocast(x.device.type, enabled=False):
-            out = CTRAggregate._forward(*(a.to(ctx.dtype) for a in (x, m, w3, b3, w4, b4, A)),
+            out = CTRAggregate._forward(*(a.to(ctx.dtype) for a in (x, q, w3, b3, w4, b4, A)),
                                         None if shift is None else shift.to(ctx.dtype))
-        ctx.save_for_backward(x, m, w3, b3, w4, b4, A)
+        ctx.save_for_backward(x, q, w3, b3, w4, b4, A)
         ctx.has_shift = shift is not None
         return out
 
@@ -108,11 +112,11 @@ class CTRAggregate(torch.autograd.Function):
         return *grads, g_shift
 
     @staticmethod
-    def _forward(x, m, w3, b3, w4, b4, A, shift=None):
+    def _forward(x, q, w3, b3, w4, b4, A, shift=None):
         b, ci, t, v = x.shape
         k_sub, c = w3.shape[:2]
         x_rows = x.permute(0, 2, 3, 1).reshape(b * t * v, ci)  # a view for channels-last x
-        m_aug, w4_aug = CTRAggregate._aug(m, w4, b4, A)
+        m_aug, w4_aug = CTRAggregate._aug(q, w4, b4, A)
         m_sum = m_aug.view(k_sub, -1, b * v, v).sum(3)  # sum over v: (K, rel+2, B·U)
         bias = sum(b3[k][:, None] * (w4_aug[k] @ m_sum[k]) for k in range(k_sub))  # (C, B·U)
         if shift is not None:
@@ -126,18 +130,18 @@ class CTRAggregate(torch.autograd.Function):
         return out.view(c, b, t, v).permute(1, 0, 2, 3)  # channel-major (B, C, T, U): bn_act reads it as is
 
     @staticmethod
-    def _backward(g, x, m, w3, b3, w4, b4, A):
+    def _backward(g, x, q, w3, b3, w4, b4, A):
         b, ci, t, v = x.shape
         k_sub, c = w3.shape[:2]
-        rel = m.shape[1]
+        rel = q.shape[2]
         g = g.permute(0, 2, 3, 1).reshape(b * t * v, c).t().contiguous()  # (C, B·T·U)
         g_t = g.view(c, b, t, v).sum(2).view(c, b * v)  # sum over t: (C, B·U)
         g = g.view(c * b, t, v)
         x_rows = x.permute(0, 2, 3, 1).reshape(b * t * v, ci)
-        m_aug, w4_aug = CTRAggregate._aug(m, w4, b4, A)
+        m_aug, w4_aug = CTRAggregate._aug(q, w4, b4, A)
         m_sum = m_aug.view(k_sub, -1, b * v, v).sum(3)
         gx = x.new_empty(b * t * v, ci)  # channels-last rows
-        gm, gw3, gb3, gw4, gb4, gA = (torch.empty_like(p) for p in (m, w3, b3, w4, b4, A))
+        gq, gw3, gb3, gw4, gb4, gA = (torch.empty_like(p) for p in (q, w3, b3, w4, b4, A))
         x3, gx3, r, gr = (x.new_empty(c, n) for n in (b * t * v, b * t * v, b * v * v, b * v * v))
         for k in range(k_sub):
             torch.mm(w3[k], x_rows.t(), out=x3)
@@ -155,10 +159,13 @@ class CTRAggregate(torch.autograd.Function):
             gm_aug = (w4_aug[k].t() @ gr).view(rel + 2, b * v, v)
             gm_aug += (w4_aug[k].t() @ g_b3)[..., None]
             gw4_aug = gr @ m_aug[k].t() + g_b3 @ m_sum[k].t()  # (C, rel+2)
-            gm[k] = gm_aug[:rel].view(rel, b, v, v)
+            # through the tanh: d(q1_u − q2_v), summed over v for q1 and (negated) over u for q2
+            gd = torch.ops.aten.tanh_backward(gm_aug[:rel], m_aug[k, :rel].view(rel, b * v, v)).view(rel, b, v, v)
+            gq[k, 0] = gd.sum(3)
+            torch.sum(gd, 2, out=gq[k, 1]).neg_()
             gA[k] = gm_aug[rel + 1].view(b, v, v).sum(0)
             gw4[k], gb4[k] = gw4_aug[:, :rel], gw4_aug[:, rel]
-        return gx.view(b, t, v, ci).permute(0, 3, 1, 2), gm, gw3, gb3, gw4, gb4, gA
+        return gx.view(b, t, v, ci).permute(0, 3, 1, 2), gq, gw3, gb3, gw4, gb4, gA
 
 
 class CTRGraphConv(nn.Module):
@@ -210,8 +217,7 @@ class CTRGraphConv(nn.Module):
         # summed over the channels-last rows (x.sum(2) of a channels-last tensor takes about 6x as long)
         q = F.linear(x.permute(0, 2, 3, 1).sum(1), self.w12 / t, self.b12)  # (B, V, K·2·rel)
         q = q.view(b, v, k_sub, 2, rel).permute(2, 3, 4, 0, 1)  # (K, 2, rel, B, V)
-        m = torch.tanh(q[:, 0, :, :, :, None] - q[:, 1, :, :, None, :]).contiguous()  # (K, rel, B, U, V)
-        y = CTRAggregate.apply(x, m, self.w3, self.b3, self.w4 * self.alpha, self.b4 * self.alpha, self.PA,
+        y = CTRAggregate.apply(x, q, self.w3, self.b3, self.w4 * self.alpha, self.b4 * self.alpha, self.PA,
                                self.shift)
         return bn_act(self.bn, y, _shortcut(self.down, x))  # relu(bn(y) + down(x))
 
