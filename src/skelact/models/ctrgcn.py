@@ -118,7 +118,7 @@ class CTRAggregate(torch.autograd.Function):
         x_rows = x.permute(0, 2, 3, 1).reshape(b * t * v, ci)  # a view for channels-last x
         m_aug, w4_aug = CTRAggregate._aug(q, w4, b4, A)
         m_sum = m_aug.view(k_sub, -1, b * v, v).sum(3)  # sum over v: (K, rel+2, B·U)
-        bias = sum(b3[k][:, None] * (w4_aug[k] @ m_sum[k]) for k in range(k_sub))  # (C, B·U)
+        bias = (b3[:, :, None] * torch.bmm(w4_aug, m_sum)).sum(0)  # sum_k b3_k · sum_v R_k: (C, B·U)
         if shift is not None:
             bias = bias + shift[:, None]
         out = bias.view(c * b, 1, v).expand(c * b, t, v).contiguous()  # (C·B, T, U)
@@ -141,9 +141,9 @@ class CTRAggregate(torch.autograd.Function):
         m_aug, w4_aug = CTRAggregate._aug(q, w4, b4, A)
         m_sum = m_aug.view(k_sub, -1, b * v, v).sum(3)
         gx = x.new_empty(b * t * v, ci)  # channels-last rows
-        gq, gw3, gb3, gw4, gb4, gA = (torch.empty_like(p) for p in (q, w3, b3, w4, b4, A))
+        gw3, gm_aug, gw4_aug = torch.empty_like(w3), torch.empty_like(m_aug), torch.empty_like(w4_aug)
         x3, gx3, r, gr = (x.new_empty(c, n) for n in (b * t * v, b * t * v, b * v * v, b * v * v))
-        for k in range(k_sub):
+        for k in range(k_sub):  # the big products, one subset at a time in reused buffers
             torch.mm(w3[k], x_rows.t(), out=x3)
             torch.mm(w4_aug[k], m_aug[k], out=r)
             torch.bmm(g.transpose(1, 2), x3.view(c * b, t, v), out=gr.view(c * b, v, v))  # dR_k, less b3 term
@@ -152,20 +152,21 @@ class CTRAggregate(torch.autograd.Function):
                 torch.mm(gx3.t(), w3[k], out=gx)
             else:
                 gx.addmm_(gx3.t(), w3[k])
-            gw3[k] = gx3 @ x_rows
-            # sum_{b,t,v} dx3_k = sum_{b,u} (sum_t g)(sum_v R_k): on (C, B·U) instead of a pass over dx3_k
-            gb3[k] = (g_t * (w4_aug[k] @ m_sum[k])).sum(1)
-            g_b3 = b3[k][:, None] * g_t  # the b3 term of dR_k, constant over v: (C, B·U)
-            gm_aug = (w4_aug[k].t() @ gr).view(rel + 2, b * v, v)
-            gm_aug += (w4_aug[k].t() @ g_b3)[..., None]
-            gw4_aug = gr @ m_aug[k].t() + g_b3 @ m_sum[k].t()  # (C, rel+2)
-            # through the tanh: d(q1_u − q2_v), summed over v for q1 and (negated) over u for q2
-            gd = torch.ops.aten.tanh_backward(gm_aug[:rel], m_aug[k, :rel].view(rel, b * v, v)).view(rel, b, v, v)
-            gq[k, 0] = gd.sum(3)
-            torch.sum(gd, 2, out=gq[k, 1]).neg_()
-            gA[k] = gm_aug[rel + 1].view(b, v, v).sum(0)
-            gw4[k], gb4[k] = gw4_aug[:, :rel], gw4_aug[:, rel]
-        return gx.view(b, t, v, ci).permute(0, 3, 1, 2), gq, gw3, gb3, gw4, gb4, gA
+            torch.mm(gx3, x_rows, out=gw3[k])
+            torch.mm(w4_aug[k].t(), gr, out=gm_aug[k])
+            torch.mm(gr, m_aug[k].t(), out=gw4_aug[k])
+        # b3's terms, all subsets at once on (K, C, B·U) tensors: dR_k gains b3_k[c]·g_t, constant over v,
+        # and sum_{b,t,v} dx3_k = sum_{b,u} (sum_t g)(sum_v R_k) needs no pass over dx3_k
+        gb3 = (torch.bmm(w4_aug, m_sum) * g_t).sum(2)
+        g_b3 = b3[:, :, None] * g_t
+        gm_aug.view(k_sub, rel + 2, b * v, v).add_(torch.bmm(w4_aug.transpose(1, 2), g_b3)[..., None])
+        gw4_aug.baddbmm_(g_b3, m_sum.transpose(1, 2))
+        # through the tanh: d(q1_u − q2_v), summed over v for q1 and (negated) over u for q2
+        gd = torch.ops.aten.tanh_backward(gm_aug[:, :rel], m_aug[:, :rel]).view(k_sub, rel, b, v, v)
+        gq = torch.stack([gd.sum(4), gd.sum(3).neg_()], 1)  # (K, 2, rel, B, V)
+        gA = gm_aug[:, rel + 1].view(k_sub, b, v, v).sum(1)
+        return (gx.view(b, t, v, ci).permute(0, 3, 1, 2), gq, gw3, gb3, gw4_aug[..., :rel], gw4_aug[..., rel],
+                gA)
 
 
 class CTRGraphConv(nn.Module):
