@@ -20,13 +20,11 @@ def _pool_and_grad(fn, x, g):
 
 @needs_kernel
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("t", [1, 2, 5, 52])
-@pytest.mark.parametrize("kernel,padding", [(3, 1), (5, 2), (3, 0)])
+@pytest.mark.parametrize("t,kernel,padding", [(t, k, p) for t in (1, 2, 5, 52) for k, p in ((3, 1), (5, 2), (3, 0))
+                                              if t + 2 * p >= k])
 def test_kernel_equals_max_pool2d(stride, t, kernel, padding):
     """Bit for bit ATen's values and gradients, with many ties (a ReLU's zeros and repeated values), on
     odd channel counts, for both strides, short clips and other windows."""
-    if t + 2 * padding < kernel:
-        pytest.skip("no output frame")
     gen = torch.Generator().manual_seed(t * 10 + stride)
     x = torch.randn(3, 19, t, 7, generator=gen).round().relu().contiguous(memory_format=CL)
     ref = lambda a: F.max_pool2d(a, (kernel, 1), (stride, 1), (padding, 0))  # noqa: E731

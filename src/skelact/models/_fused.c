@@ -1,5 +1,6 @@
 /* Optional C kernels for skelact.models.bnact: training-mode BatchNorm fused with the residual add and the
- * ReLU that follow it in a CTR-GCN unit, forward and backward, on float32 tensors.
+ * ReLU that follow it in a CTR-GCN unit, forward and backward, on float32 tensors; and, at the end of the
+ * file, skelact.models.tpool's temporal max-pooling.
  *
  * A channels-last (B, C, T, V) tensor is N = B·T·V rows of C contiguous channels. The kernels see every
  * (N, C) operand as such rows, stored in one of three ways (a "matrix" argument, see parse_mat): one
