@@ -76,11 +76,16 @@ class CTRAggregate(torch.autograd.Function):
     """
 
     @staticmethod
-    def _aug(q, w4, b4, A):
-        """m_aug (K, rel+2, B·U·V) = [m; 1; A] with m = tanh(q1_u − q2_v); w4_aug (K, C, rel+2) = [W4 | b4 | 1]."""
+    def _aug(q, w4, b4, A, transposed=False):
+        """m_aug (K, rel+2, B·U·V) = [m; 1; A] with m = tanh(q1_u − q2_v), or with ``transposed`` its
+        (K, rel+2, B·V·U) transpose (then ``W4_aug @ m_aug`` is R^T); w4_aug (K, C, rel+2) = [W4 | b4 | 1]."""
         k_sub, _, rel, b, v = q.shape
         m_aug = q.new_empty(k_sub, rel + 2, b, v, v)
-        torch.sub(q[:, 0, :, :, :, None], q[:, 1, :, :, None, :], out=m_aug[:, :rel]).tanh_()
+        q1, q2 = q[:, 0, :, :, :, None], q[:, 1, :, :, None, :]  # u, v as rows, columns
+        if transposed:
+            q1, q2 = q1.transpose(-1, -2), q2.transpose(-1, -2)
+            A = A.transpose(-1, -2)
+        torch.sub(q1, q2, out=m_aug[:, :rel]).tanh_()
         m_aug[:, rel] = 1
         m_aug[:, rel + 1] = A[:, None]
         w4_aug = torch.cat([w4, b4[..., None], torch.ones_like(b4)[..., None]], 2)
@@ -116,8 +121,8 @@ class CTRAggregate(torch.autograd.Function):
         b, ci, t, v = x.shape
         k_sub, c = w3.shape[:2]
         x_rows = x.permute(0, 2, 3, 1).reshape(b * t * v, ci)  # a view for channels-last x
-        m_aug, w4_aug = CTRAggregate._aug(q, w4, b4, A)
-        m_sum = m_aug.view(k_sub, -1, b * v, v).sum(3)  # sum over v: (K, rel+2, B·U)
+        m_aug, w4_aug = CTRAggregate._aug(q, w4, b4, A, transposed=True)  # R^T: the products need no transpose
+        m_sum = m_aug.view(k_sub, -1, b, v, v).sum(3).view(k_sub, -1, b * v)  # sum over v: (K, rel+2, B·U)
         bias = (b3[:, :, None] * torch.bmm(w4_aug, m_sum)).sum(0)  # sum_k b3_k · sum_v R_k: (C, B·U)
         if shift is not None:
             bias = bias + shift[:, None]
@@ -125,8 +130,8 @@ class CTRAggregate(torch.autograd.Function):
         x3, r = x.new_empty(c, b * t * v), x.new_empty(c, b * v * v)
         for k in range(k_sub):
             torch.mm(w3[k], x_rows.t(), out=x3)  # x3_k without bias: (C, B·T·V)
-            torch.mm(w4_aug[k], m_aug[k], out=r)  # R_k: (C, B·U·V)
-            out.baddbmm_(x3.view(c * b, t, v), r.view(c * b, v, v).transpose(1, 2))  # (T,V)@(V,U) per (c,b)
+            torch.mm(w4_aug[k], m_aug[k], out=r)  # R_k^T: (C, B·V·U)
+            out.baddbmm_(x3.view(c * b, t, v), r.view(c * b, v, v))  # (T, V) @ (V, U) per (c, b)
         return out.view(c, b, t, v).permute(1, 0, 2, 3)  # channel-major (B, C, T, U): bn_act reads it as is
 
     @staticmethod
