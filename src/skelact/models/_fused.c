@@ -469,49 +469,36 @@ static void pool_bwd_frame(const float *restrict x, const float *restrict g, flo
     }
 }
 
-/* pool_forward(x, y, b, t, v, c, k, s, p, threads) */
-static PyObject *pool_forward(PyObject *self, PyObject *args)
+/* pool(x, g, out, b, t, v, c, k, s, p, threads): forward (g = 0) out := the pooled x, (b, t', v, c) rows;
+   backward out := dx, (b, t, v, c) rows, for the gradient g of the pooled x. */
+static PyObject *pool(PyObject *self, PyObject *args)
 {
-    unsigned long long px, py;
+    unsigned long long px, pg, pout;
     long long b, t, v, c, k, s, p;
     int threads;
-    if (!PyArg_ParseTuple(args, "KKLLLLLLLi", &px, &py, &b, &t, &v, &c, &k, &s, &p, &threads))
+    if (!PyArg_ParseTuple(args, "KKKLLLLLLLi", &px, &pg, &pout, &b, &t, &v, &c, &k, &s, &p, &threads))
         return NULL;
+    /* at least one output frame; frame indices fit the winners' int32 */
     if (b < 1 || t < 1 || v < 1 || c < 1 || k < 1 || s < 1 || p < 0 || p >= k || t + 2 * p < k || t > INT32_MAX)
-        return PyErr_Format(PyExc_ValueError, "_fused.pool_forward: bad sizes");
-    const float *x = PTR(px);
-    float *y = PTR(py);
+        return PyErr_Format(PyExc_ValueError, "_fused.pool: bad sizes");
+    const float *x = PTR(px), *g = pg ? PTR(pg) : NULL;
+    float *out = PTR(pout);
     int64_t t_out = (t + 2 * p - k) / s + 1, vc = v * c;
     Py_BEGIN_ALLOW_THREADS
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < b * t_out; ++i) {
-        int64_t bi = i / t_out, to = i % t_out;
-        pool_fwd_frame(x + bi * t * vc, y + i * vc, to * s - p, k, t, vc);
-    }
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
-/* pool_backward(g, x, gx, b, t, v, c, k, s, p, threads) */
-static PyObject *pool_backward(PyObject *self, PyObject *args)
-{
-    unsigned long long pg, px, pgx;
-    long long b, t, v, c, k, s, p;
-    int threads;
-    if (!PyArg_ParseTuple(args, "KKKLLLLLLLi", &pg, &px, &pgx, &b, &t, &v, &c, &k, &s, &p, &threads))
-        return NULL;
-    if (b < 1 || t < 1 || v < 1 || c < 1 || k < 1 || s < 1 || p < 0 || p >= k || t + 2 * p < k || t > INT32_MAX)
-        return PyErr_Format(PyExc_ValueError, "_fused.pool_backward: bad sizes");
-    const float *g = PTR(pg), *x = PTR(px);
-    float *gx = PTR(pgx);
-    int64_t t_out = (t + 2 * p - k) / s + 1, vc = v * c;
-    Py_BEGIN_ALLOW_THREADS
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < b * t; ++i) {
-        int64_t bi = i / t, f = i % t;
-        for (int64_t j0 = 0; j0 < vc; j0 += POOL_LANES)
-            pool_bwd_frame(x + bi * t * vc + j0, g + bi * t_out * vc + j0, gx + i * vc + j0, f, k, s, p, t, t_out,
-                           vc, vc - j0 < POOL_LANES ? vc - j0 : POOL_LANES);
+    if (!g) {
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t i = 0; i < b * t_out; ++i) {
+            int64_t bi = i / t_out, to = i % t_out;
+            pool_fwd_frame(x + bi * t * vc, out + i * vc, to * s - p, k, t, vc);
+        }
+    } else {
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t i = 0; i < b * t; ++i) {
+            int64_t bi = i / t, f = i % t;
+            for (int64_t j0 = 0; j0 < vc; j0 += POOL_LANES)
+                pool_bwd_frame(x + bi * t * vc + j0, g + bi * t_out * vc + j0, out + i * vc + j0, f, k, s, p, t,
+                               t_out, vc, vc - j0 < POOL_LANES ? vc - j0 : POOL_LANES);
+        }
     }
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -520,8 +507,7 @@ static PyObject *pool_backward(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"forward", forward, METH_VARARGS, "Fused BatchNorm (training) + residual + ReLU on channels-last rows."},
     {"backward", backward, METH_VARARGS, "Its backward."},
-    {"pool_forward", pool_forward, METH_VARARGS, "Temporal max-pooling of channels-last rows."},
-    {"pool_backward", pool_backward, METH_VARARGS, "Its backward."},
+    {"pool", pool, METH_VARARGS, "Temporal max-pooling of channels-last rows, or its backward."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -24,7 +24,7 @@ class _TemporalMaxPool(torch.autograd.Function):
     def forward(ctx, x, k: int, s: int, p: int):
         b, c, t, v = x.shape
         y = torch.empty(b, c, (t + 2 * p - k) // s + 1, v, memory_format=CL)
-        bnact._fused.pool_forward(x.data_ptr(), y.data_ptr(), b, t, v, c, k, s, p, torch.get_num_threads())
+        bnact._fused.pool(x.data_ptr(), 0, y.data_ptr(), b, t, v, c, k, s, p, torch.get_num_threads())
         ctx.save_for_backward(x)
         ctx.window = k, s, p
         return y
@@ -36,8 +36,7 @@ class _TemporalMaxPool(torch.autograd.Function):
         b, c, t, v = x.shape
         g = g.contiguous(memory_format=CL)
         gx = torch.empty_like(x)
-        bnact._fused.pool_backward(g.data_ptr(), x.data_ptr(), gx.data_ptr(), b, t, v, c, *ctx.window,
-                                   torch.get_num_threads())
+        bnact._fused.pool(x.data_ptr(), g.data_ptr(), gx.data_ptr(), b, t, v, c, *ctx.window, torch.get_num_threads())
         return gx, None, None, None
 
 
