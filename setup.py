@@ -1,8 +1,9 @@
 """Only the optional C accelerators; all metadata is in pyproject.toml.
 
 ``optional=True``: where one cannot be compiled (no C compiler, no OpenMP), installation goes on without it
-and the pure-Python path is used: ``skelact.data.ntu``'s parser (same results, slower) and PyTorch's
-BatchNorm, add and ReLU in ``skelact.models.bnact`` (the same function to float rounding, slower)."""
+and the pure-Python path is used: ``skelact.data.ntu``'s parser (same results, slower), PyTorch's
+BatchNorm, add and ReLU in ``skelact.models.bnact`` (the same function to float rounding, slower) and
+PyTorch's max-pooling in ``skelact.models.tpool`` (the same results)."""
 
 from setuptools import Extension, setup
 

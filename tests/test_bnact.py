@@ -87,8 +87,9 @@ def test_kernel_is_used_and_deterministic_for_any_thread_count():
 
 
 def test_other_cases_take_pytorch_layers():
-    """Eval mode, NCHW inputs, float64, autocast and BN subclasses (DDP's sync_bn) are PyTorch's layers
-    exactly; a folded (Identity) BN with no residual does not overwrite its input."""
+    """Eval mode, NCHW inputs (of B ≥ 2: with one sample, NCHW storage is channel-major, which the kernel
+    reads), float64, autocast and BN subclasses (DDP's sync_bn) are PyTorch's layers exactly; a folded
+    (Identity) BN with no residual does not overwrite its input."""
     x = torch.randn(2, 8, 5, 3)
     cases = [(_bn(8).eval(), x.contiguous(memory_format=CL)), (_bn(8), x), (_bn(8).double(), x.double())]
     for layer, inp in cases:
@@ -148,13 +149,14 @@ def _pieces_run(bn, xs, residual, g, relu, split):
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("with_residual", [True, False])
 @pytest.mark.parametrize("layout", ["segments", "channel_major"])
-@pytest.mark.parametrize("shape", [(3, 40, 7, 5), (2, 17, 3, 1), (4, 64, 13, 20)])
+@pytest.mark.parametrize("shape", [(3, 40, 7, 5), (2, 17, 3, 1), (4, 64, 13, 20), (8, 40, 64, 25)])
 def test_kernel_reads_segments_and_channel_major(shape, layout, with_residual, relu):
     """The kernel reads its input as several channels-last tensors (concatenated along C) or as one
     channel-major tensor, writes its output whole or split into channels-last pieces, and hands back the
     inputs' gradients in their own layouts; the results are bit for bit those of one channels-last input
-    (same rows, same order of summation), and match PyTorch's layers in float64. Shapes with channel and
-    row counts that are and are not multiples of the 16 x 16 transposed blocks."""
+    (same rows, same order of summation), and match PyTorch's layers in float64. Rows per chunk below
+    and above one tile (several tiles, a partial last one), channel counts below 16, multiples of 16 and
+    not (16 x 16 register-transposed blocks at several row offsets and an element-wise remainder)."""
     b, c, t, v = shape
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(shape, generator=gen) * 2 + 1
@@ -173,7 +175,7 @@ def test_kernel_reads_segments_and_channel_major(shape, layout, with_residual, r
     assert all(y.is_contiguous(memory_format=CL) for y in got[0])
     for gx, x_in in zip(got[1], xs):
         assert gx.stride() == x_in.stride()
-    assert all(torch.equal(a, b_) for a, b_ in zip(torch.cat(got[0], 1).flatten(), torch.cat(one[0], 1).flatten()))
+    assert torch.equal(torch.cat(got[0], 1), torch.cat(one[0], 1))
     assert torch.equal(torch.cat(got[1][:len(xs)], 1), one[1][0])
     assert all(torch.equal(a, b_) for a, b_ in zip(got[1][len(xs):] + got[2], one[1][1:] + one[2]))
     want = _run(lambda b_, x_, r: _plain(b_, x_, r, relu), _bn(c).double(), x.double(),
@@ -195,3 +197,18 @@ def test_pieces_without_kernel_are_cat_and_split():
     cm = x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)
     out = bnact.bn_act(bn, cm)
     assert out.is_contiguous(memory_format=CL) and torch.equal(out, want)
+
+
+@needs_kernel
+def test_kernel_outputs_ignore_the_default_dtype():
+    """The kernel's buffers are float32 whatever torch's default dtype is (it writes float32 values)."""
+    x = torch.randn(2, 8, 5, 3).contiguous(memory_format=CL)
+    want = _run(lambda b, x_, r: bnact.bn_act(b, x_, r), _bn(8), x, x.flip(0), torch.ones_like(x))
+    bn, before = _bn(8), torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        got = _run(lambda b, x_, r: bnact.bn_act(b, x_, r), bn, x, x.flip(0), torch.ones_like(x))
+    finally:
+        torch.set_default_dtype(before)
+    assert got[0].dtype == torch.float32 and all(g.dtype == torch.float32 for g in got[1])
+    assert torch.equal(got[0], want[0]) and all(torch.equal(a, b) for a, b in zip(got[1], want[1]))

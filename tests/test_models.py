@@ -250,3 +250,24 @@ def test_ctr_aggregate_gradcheck_with_output_shift():
     args = (x, rnd(k, 2, rel, b, v), rnd(k, c, ci), rnd(k, c), rnd(k, c, rel), rnd(k, c), rnd(k, v, v))
     assert torch.autograd.gradcheck(lambda *a: CTRAggregate.apply(*a), (*args, rnd(c)))
     assert torch.autograd.gradcheck(lambda *a: CTRAggregate.apply(*a), args)
+
+
+def test_ctrgcn_shortcut_hooks_still_fire():
+    """A forward hook on a down-sampling shortcut (an nn.Sequential of conv and BN) sees it run, in
+    training too, where its BN otherwise goes through the fused kernel."""
+    model = create_model("ctrgcn", layout="ucla20", num_classes=10, num_persons=1).train()
+    calls = []
+    model.backbone.units[4].residual.register_forward_hook(lambda mod, inp, out: calls.append(out.shape))
+    model(torch.randn(2, 3, 8, 20, 1))
+    assert calls == [torch.Size([2, 128, 4, 20])]
+
+
+def test_c_kernels_can_be_switched_off(tmp_path):
+    """SKELACT_NO_C_KERNELS=1 makes every layer PyTorch's (for double backward or forward-mode AD)."""
+    import os
+    import subprocess
+    import sys
+    code = "from skelact.models import bnact; print(bnact._fused is None)"
+    env = {**os.environ, "SKELACT_NO_C_KERNELS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

@@ -1,18 +1,24 @@
 """``relu(bn(x) + residual)``: a BatchNorm layer fused with the residual add and the ReLU after it.
 
-In training, on float32 channels-last CPU tensors, one C kernel pass computes the batch statistics and one
-applies BN, the residual and the ReLU (``_fused.c``, built by ``pip install`` where a C compiler with
-OpenMP exists); backward is likewise two passes, and hands the residual branch its masked gradient. This
-replaces a BN kernel, an add and a ReLU in each direction (bench/README.md: 1-4 % of a CTR-GCN training
-step, by the measurement). Everywhere else (eval mode, autocast, GPUs, other layouts, DDP's synchronised
-BatchNorm, torch.compile, no compiled kernel) it is the same PyTorch code the model had before:
-``bn(x)``, ``+ residual``, ``relu``.
+In training, on float32 CPU tensors, one C kernel pass computes the batch statistics and one applies BN,
+the residual and the ReLU (``_fused.c``, built by ``pip install`` where a C compiler with OpenMP exists);
+backward is likewise two passes, and hands the residual branch its masked gradient. The input may be
+channels-last, channel-major (the graph convolution's output, read without a layout copy) or several
+channels-last tensors standing for their concatenation along C (read without ``torch.cat``); the output
+may be split into channels-last pieces (written without a split copy). This replaces a BN kernel, an add,
+a ReLU and layout copies in each direction (bench/README.md). Everywhere else (eval mode, autocast, GPUs,
+other layouts, DDP's synchronised BatchNorm, torch.compile, no compiled kernel) it is PyTorch's code:
+``bn(x)``, ``+ residual``, ``relu``, with ``torch.cat`` / ``split`` around them.
 
 Both paths compute the same function to float rounding (the kernel accumulates its statistics in double),
-update the running statistics the same way, and are deterministic on CPU for any thread count.
+update the running statistics the same way, and are deterministic on CPU for any thread count. The kernel
+path is differentiable once (no double backward, no forward-mode AD); set the environment variable
+``SKELACT_NO_C_KERNELS=1`` to run PyTorch's layers everywhere.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
@@ -22,6 +28,9 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 try:
     from . import _fused  # optional C kernels (setup.py)
 except ImportError:  # pragma: no cover - depends on the build
+    _fused = None
+if _fused is not None and (os.environ.get("SKELACT_NO_C_KERNELS", "") not in ("", "0")
+                           or not hasattr(_fused, "pool")):  # switched off, or a stale build of an older API
     _fused = None
 
 CL = torch.channels_last
@@ -50,7 +59,7 @@ class _BNAct(torch.autograd.Function):
     def forward(ctx, weight, bias, residual, relu: bool, eps: float, split, *xs):
         b, _, t, v = xs[0].shape
         c = weight.shape[0]
-        ys = [torch.empty(b, ci, t, v, memory_format=CL) for ci in (split or (c,))]
+        ys = [torch.empty(b, ci, t, v, dtype=torch.float32, device="cpu", memory_format=CL) for ci in (split or (c,))]
         stats = weight.new_empty(3, c)  # mean, biased var, invstd
         _fused.forward(_mat(xs), 0 if residual is None else residual.data_ptr(), _mat(ys), weight.data_ptr(),
                        bias.data_ptr(), stats.data_ptr(), b * t * v, c, relu, eps, torch.get_num_threads())
@@ -70,7 +79,8 @@ class _BNAct(torch.autograd.Function):
         gxs = [torch.empty_like(x) for x in xs]  # same layout as x (empty_like keeps dense strides)
         g_res = None
         if ctx.has_residual:  # the masked gradient with the ReLU; g itself without
-            g_res = torch.empty(b, c, t, v, memory_format=CL) if ys else torch.cat(gs, 1)
+            g_res = (torch.empty(b, c, t, v, dtype=torch.float32, device="cpu", memory_format=CL) if ys
+                     else gs[0] if len(gs) == 1 else torch.cat(gs, 1))
         gwb = weight.new_empty(2, c)
         _fused.backward(_mat(gs), _mat(xs), None if ys is None else _mat(ys), _mat(gxs),
                         g_res.data_ptr() if ys and ctx.has_residual else 0, weight.data_ptr(),
@@ -117,9 +127,9 @@ def bn_act(bn: nn.Module, x, residual: torch.Tensor | None = None, relu: bool = 
 
     x: (B, C, T, V), or a sequence of (B, C_i, T, V) tensors that stand for their concatenation along C
     (the kernel reads them where they are); residual: (B, C, T, V). Returns (B, C, T, V), channels-last
-    where x was, or with ``split`` (channel counts) a tuple of (B, C_i, T, V) tensors, as
-    ``torch.split(y, split, 1)`` but each contiguous. A channel-major x (the graph convolution's output)
-    becomes channels-last."""
+    where x was, or with ``split`` (channel counts) a tuple of (B, C_i, T, V) tensors as
+    ``torch.split(y, split, 1)`` (on the kernel path each is contiguous; on PyTorch's, views). A
+    channel-major x (the graph convolution's output) becomes channels-last."""
     if not _kernel_applies(bn, x, residual, split):
         x = x if isinstance(x, torch.Tensor) else torch.cat(tuple(x), 1)
         if _channel_major(x) and not x.is_contiguous(memory_format=CL):

@@ -10,15 +10,17 @@ outputs and gradients), computed differently:
   mean (a 1x1 conv commutes with the mean over T): on (N·M, C, V) instead of (N·M, C, T, V);
 * conv3, conv4 and the channel-wise aggregation ``out[n,c,t,u] = sum_k sum_v R_k[n,c,u,v] x3_k[n,c,t,v]``
   of all subsets are one autograd function, :class:`CTRAggregate`: single GEMMs in channel-major layout,
-  biases folded into GEMMs, and only the unit input and the small tanh map kept for backward (``x3_k``
-  and ``R_k`` are recomputed there, one subset at a time; the reference keeps three (C, T, V) ``x3`` and
-  six (C, V, V) maps per unit);
+  biases folded into GEMMs, and only the unit input and conv1/conv2's small (K, 2, rel, N·M, V) means
+  kept for backward (the tanh maps, ``x3_k`` and ``R_k`` are recomputed there, one subset at a time; the
+  reference keeps three (C, T, V) ``x3`` and six (C, V, V) maps per unit);
 * ``alpha`` is folded into conv4's weight and bias (``alpha·(W m + b) = (alpha W) m + alpha b``);
 * the first 1x1 convolutions of temporal branches 1-3 are one convolution, and BNs that act on
   concatenated branches are one BN (BN is per channel, so this is the same function);
 * each BN that a ReLU follows is one :func:`~skelact.models.bnact.bn_act` with the residual add between
   them (the unit's final ReLU is applied at the end of its temporal block): in training, one C kernel pass
-  for the statistics and one for BN + residual + ReLU, where the optional kernel is built.
+  for the statistics and one for BN + residual + ReLU, where the optional kernel is built; the kernel
+  reads the graph convolution's channel-major output and the temporal branches without layout copies,
+  and the temporal max-pool is :func:`~skelact.models.tpool.temporal_max_pool`.
 
 Shapes: N batch, C channels, T frames, V joints (U = V as the output joint), M persons, K = 3 subsets.
 """
@@ -49,8 +51,11 @@ def _kaiming_fan_out(w: torch.Tensor, fan_out: int) -> None:
 
 
 def _shortcut(path: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A residual path: nn.Identity, or nn.Sequential(1x1 conv, BN) with the BN through bn_act."""
-    return bn_act(path[1], path[0](x), relu=False) if isinstance(path, nn.Sequential) else path(x)
+    """A residual path: nn.Identity, or nn.Sequential(1x1 conv, BN) with the BN through bn_act (unless
+    the Sequential has hooks, which must see it run)."""
+    if isinstance(path, nn.Sequential) and not (path._forward_hooks or path._forward_pre_hooks):
+        return bn_act(path[1], path[0](x), relu=False)
+    return path(x)
 
 
 class CTRAggregate(torch.autograd.Function):
