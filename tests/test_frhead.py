@@ -404,6 +404,7 @@ def test_decoupled_means_are_the_means_over_persons_frames_and_joints(persons, c
     torch.testing.assert_close(over_t, per_person.mean(2), atol=1e-12, rtol=0)
     torch.testing.assert_close(over_v, per_person.mean(3), atol=1e-12, rtol=0)
     g_t, g_v = torch.randn_like(over_t), torch.randn_like(over_v)
-    got = torch.autograd.grad((over_t * g_t).sum() + (over_v * g_v).sum(), x)[0]
+    got, got_in = torch.autograd.grad((over_t * g_t).sum() + (over_v * g_v).sum(), (x, xin))
     want = torch.autograd.grad((per_person.mean(2) * g_t).sum() + (per_person.mean(3) * g_v).sum(), x)[0]
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert got_in.stride() == xin.stride()  # the tap's gradient in the tap's layout
