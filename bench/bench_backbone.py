@@ -204,7 +204,8 @@ def _minor_faults() -> int:
 
 
 def _without_kernel(step):
-    """The step with skelact.models.bnact's C kernel switched off (PyTorch's BN, add and ReLU)."""
+    """The step with the optional C kernels switched off (``bnact._fused = None``): PyTorch's BN, add, ReLU,
+    cat / split / layout copies around them, and max-pool."""
     def run():
         kernel, bnact._fused = bnact._fused, None
         try:
@@ -238,8 +239,8 @@ def bench_shape(shape: str, args) -> dict:
         fwd, step = flops(model, xf, yf)
         res[name] = {"gflop_fwd_per_sample": fwd / 1e9, "gflop_step_per_sample": step / 1e9,
                      "saved_mib_per_sample": saved_bytes(model, x) / 2 ** 20}
-    # training throughput, interleaved; where the optional C kernel of skelact.models.bnact is built, a third
-    # arm runs a copy of the fast model on PyTorch's BN, add and ReLU instead (what it buys, side by side)
+    # training throughput, interleaved; where the optional C kernels (skelact.models.bnact, .tpool) are built,
+    # a third arm runs a copy of the fast model on PyTorch's layers instead (what they buy, side by side)
     steps = {k: train_step_fn(m, x, y) for k, m in models.items()}
     if bnact._fused is not None and DEVICE.type == "cpu" and AMP is None:
         steps["fast_without_kernel"] = _without_kernel(train_step_fn(copy.deepcopy(fast), x, y))
@@ -320,8 +321,8 @@ def report(results: list[dict], peak: float) -> str:
                      f"minor page faults per training step (median), reference/fast: {flt}")
         if "fast_without_kernel_step_median_s" in res:
             t_k, t_p = res["fast"]["step_median_s"], res["fast_without_kernel_step_median_s"]
-            lines.append(f"  - C kernel (bnact): fast step {t_k:.3f} s, {t_p:.3f} s with PyTorch's BN + add + "
-                         f"ReLU ({t_k / t_p:.3f}x); fast/reference without it "
+            lines.append(f"  - C kernels (bnact, tpool): fast step {t_k:.3f} s, {t_p:.3f} s with PyTorch's "
+                         f"layers ({t_k / t_p:.3f}x); fast/reference without them "
                          f"{res['reference']['step_median_s'] / t_p:.2f}x")
     return "\n".join(lines)
 
