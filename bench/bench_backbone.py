@@ -11,6 +11,8 @@ Measured per shape (NW-UCLA (3, 52, 20, 1), 10 classes; NTU (3, 64, 25, 2), 60 c
   models alternate (A B, B A, A B, ...) and the median step time of each is reported;
 - FLOPs per sample (torch.utils.flop_counter.FlopCounterMode) of the forward and of the training step,
   and the achieved GFLOP/s against the fp32 matmul peak measured in the same run (a 2048^3 torch.mm);
+- the same throughput and memory for the fast model with ``memory_efficient=True`` (conv3's outputs
+  recomputed in backward instead of kept), as a fourth interleaved arm;
 - training memory per sample: bytes of the distinct tensor storages saved for backward (a
   saved_tensors_hooks pack hook; parameters excluded), and the peak-RSS growth (Linux VmHWM after a
   reset through /proc/self/clear_refs) of a fresh process that runs two training steps of one model
@@ -54,12 +56,12 @@ AMP: torch.dtype | None = None  # set by --amp
 MALLOC = "default"  # set by --malloc
 
 
-def build(shape: str, seed: int = 0):
-    """-> (reference, fast) with identical weights."""
+def build(shape: str, seed: int = 0, memory_efficient: bool = False):
+    """-> (reference, fast) with identical weights; ``memory_efficient`` is the fast model's option."""
     layout, _, m, k = SHAPES[shape]
     torch.manual_seed(seed)
     ref = ReferenceCTRGCN(adjacency(layout), k, m)
-    fast = create_model("ctrgcn", layout=layout, num_classes=k, num_persons=m)
+    fast = create_model("ctrgcn", layout=layout, num_classes=k, num_persons=m, memory_efficient=memory_efficient)
     load_into_fast(ref, fast)
     return ref.to(DEVICE), fast.to(DEVICE)
 
@@ -147,8 +149,8 @@ def _status_kib(field: str) -> int:
 
 def _rss_child_main(spec: str) -> None:
     shape, which, n = spec.split(":")
-    ref, fast = build(shape)
-    model = {"ref": ref, "fast": fast}[which]
+    ref, fast = build(shape, memory_efficient=which == "fast_me")
+    model = ref if which == "ref" else fast
     del ref, fast
     x, y = batch(shape, int(n))
     step = train_step_fn(model, x, y)
@@ -233,6 +235,7 @@ def bench_shape(shape: str, args) -> dict:
     models = {"reference": ref, "fast": fast}
     x, y = batch(shape, args.batch)
     res = {"shape": shape, "input": list(x.shape[1:]), "batch": args.batch}
+    fast_me = build(shape, memory_efficient=True)[1]  # the same weights, conv3's outputs recomputed
     # FLOPs and saved-tensor memory (deterministic)
     xf, yf = batch(shape, 2)
     for name, model in models.items():
@@ -241,7 +244,8 @@ def bench_shape(shape: str, args) -> dict:
                      "saved_mib_per_sample": saved_bytes(model, x) / 2 ** 20}
     # training throughput, interleaved; where the optional C kernels (skelact.models.bnact, .tpool) are built,
     # a third arm runs a copy of the fast model on PyTorch's layers instead (what they buy, side by side)
-    steps = {k: train_step_fn(m, x, y) for k, m in models.items()}
+    res["fast_memory_efficient"] = {"saved_mib_per_sample": saved_bytes(fast_me, x) / 2 ** 20}
+    steps = {k: train_step_fn(m, x, y) for k, m in {**models, "fast_memory_efficient": fast_me}.items()}
     if bnact._fused is not None and DEVICE.type == "cpu" and AMP is None:
         steps["fast_without_kernel"] = _without_kernel(train_step_fn(copy.deepcopy(fast), x, y))
     for s in steps.values():  # warm-up (oneDNN primitive caches, allocator)
@@ -253,6 +257,8 @@ def bench_shape(shape: str, args) -> dict:
         res[name].update(step_s=times[name], step_median_s=med, samples_per_s=args.batch / med,
                          minor_faults_per_step=faults[name],
                          gflops_achieved=res[name]["gflop_step_per_sample"] * args.batch / med)
+    res["fast_memory_efficient"].update(step_s=times["fast_memory_efficient"],
+                                        step_median_s=statistics.median(times["fast_memory_efficient"]))
     if "fast_without_kernel" in times:
         res["fast_without_kernel_step_s"] = times["fast_without_kernel"]
         res["fast_without_kernel_step_median_s"] = statistics.median(times["fast_without_kernel"])
@@ -276,9 +282,11 @@ def bench_shape(shape: str, args) -> dict:
     # OS-level memory cross-check on CPU; the CUDA allocator's peak on a GPU
     for m in models.values():
         m.train()
-    for name, which in (("reference", "ref"), ("fast", "fast")):
+    fast_me.train()
+    for name, which in (("reference", "ref"), ("fast", "fast"), ("fast_memory_efficient", "fast_me")):
         if DEVICE.type == "cuda":
-            res[name]["peak_mib_per_sample"] = cuda_peak(models[name], x, y) / 2 ** 20
+            model = fast_me if which == "fast_me" else models[name]
+            res[name]["peak_mib_per_sample"] = cuda_peak(model, x, y) / 2 ** 20
         elif not args.no_rss:
             res[name]["peak_mib_per_sample"] = rss_child(shape, which, args.batch, args.threads) / 2 ** 20
     r, f = res["reference"], res["fast"]
@@ -319,6 +327,13 @@ def report(results: list[dict], peak: float) -> str:
                      f"{res['saved_memory_ratio']:.2f}{extra}; latency b=1: reference {lat_r:.1f} ms, "
                      f"fast {lat_f:.1f} ms, fast with BN folded {lat_ff:.1f} ms ({lat_ff / lat_r:.2f}x); "
                      f"minor page faults per training step (median), reference/fast: {flt}")
+        me, ref_d = res["fast_memory_efficient"], res["reference"]
+        me_peak = (f", peak {peak_kind} {me['peak_mib_per_sample'] / ref_d['peak_mib_per_sample']:.2f}x"
+                   if "peak_mib_per_sample" in me and "peak_mib_per_sample" in ref_d else "")
+        lines.append(f"  - memory_efficient=True: fast/reference throughput "
+                     f"{ref_d['step_median_s'] / me['step_median_s']:.2f}x (step {me['step_median_s']:.3f} s), "
+                     f"saved-memory ratio {me['saved_mib_per_sample'] / ref_d['saved_mib_per_sample']:.2f}"
+                     f"{me_peak}")
         if "fast_without_kernel_step_median_s" in res:
             t_k, t_p = res["fast"]["step_median_s"], res["fast_without_kernel_step_median_s"]
             lines.append(f"  - C kernels (bnact, tpool): fast step {t_k:.3f} s, {t_p:.3f} s with PyTorch's "

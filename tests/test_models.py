@@ -7,6 +7,7 @@ import torch
 from skelact.errors import SkelactError
 from skelact.layouts import LAYOUTS
 from skelact.models import create_model, list_models
+from skelact.models.ctrgcn import UNITS
 from skelact.models.graph import adjacency
 
 MODELS = list_models()
@@ -250,6 +251,45 @@ def test_ctr_aggregate_gradcheck_with_output_shift():
     args = (x, rnd(k, 2, rel, b, v), rnd(k, c, ci), rnd(k, c), rnd(k, c, rel), rnd(k, c), rnd(k, v, v))
     assert torch.autograd.gradcheck(lambda *a: CTRAggregate.apply(*a), (*args, rnd(c)))
     assert torch.autograd.gradcheck(lambda *a: CTRAggregate.apply(*a), args)
+    assert torch.autograd.gradcheck(lambda *a: CTRAggregate.apply(*a, None, True), args)  # x3 saved
+
+
+def _saved_bytes(model, x):
+    """Bytes of the distinct non-parameter storages autograd keeps for backward of model(x)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    return out, sum(seen.values())
+
+
+def test_ctrgcn_memory_efficient_same_results_less_saved_memory():
+    """memory_efficient=True recomputes conv3's outputs in backward: logits and gradients bit for bit
+    the same, and three (C, T, V) tensors per unit and sample fewer kept for backward."""
+    x = _input("ucla20", 1, 12, n=3)
+    runs = {}
+    for me in (False, True):
+        model = _model("ctrgcn", "ucla20", 1, 10, memory_efficient=me).train()
+        out, saved = _saved_bytes(model, x)
+        out.square().sum().backward()
+        runs[me] = out, saved, {n: p.grad for n, p in model.named_parameters()}
+    (out_f, saved_f, grads_f), (out_m, saved_m, grads_m) = runs[False], runs[True]
+    assert torch.equal(out_f, out_m)
+    assert grads_f.keys() == grads_m.keys()
+    for name in grads_f:
+        assert torch.equal(grads_f[name], grads_m[name]), name
+    # the x3 of each unit: K = 3 tensors of (C_out, T_unit, V) floats per sample, T halved by units 5 and 8's TCN
+    t_gcn = [12] * 5 + [6] * 3 + [3] * 2
+    x3_bytes = sum(3 * co * t * 20 * 4 * 3 for (_, co, _), t in zip(UNITS, t_gcn))
+    assert saved_f - saved_m == x3_bytes
+    with torch.no_grad():  # inference keeps nothing either way
+        assert torch.equal(_model("ctrgcn", "ucla20", 1, 10, memory_efficient=False).eval()(x),
+                           _model("ctrgcn", "ucla20", 1, 10, memory_efficient=True).eval()(x))
 
 
 def test_ctrgcn_shortcut_hooks_still_fire():

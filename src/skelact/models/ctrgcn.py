@@ -10,9 +10,11 @@ outputs and gradients), computed differently:
   mean (a 1x1 conv commutes with the mean over T): on (N·M, C, V) instead of (N·M, C, T, V);
 * conv3, conv4 and the channel-wise aggregation ``out[n,c,t,u] = sum_k sum_v R_k[n,c,u,v] x3_k[n,c,t,v]``
   of all subsets are one autograd function, :class:`CTRAggregate`: single GEMMs in channel-major layout,
-  biases folded into GEMMs, and only the unit input and conv1/conv2's small (K, 2, rel, N·M, V) means
-  kept for backward (the tanh maps, ``x3_k`` and ``R_k`` are recomputed there, one subset at a time; the
-  reference keeps three (C, T, V) ``x3`` and six (C, V, V) maps per unit);
+  biases folded into GEMMs; kept for backward are the unit input, conv1/conv2's small (K, 2, rel, N·M, V)
+  means and the three ``x3_k`` (the tanh maps and ``R_k`` are recomputed there, one subset at a time; the
+  reference keeps three (C, T, V) ``x3`` and six (C, V, V) maps per unit). With
+  ``memory_efficient=True`` the ``x3_k`` are recomputed as well (saved activations 0.43x instead of
+  0.65x of the reference's, steps about 5 % slower; bench/README.md);
 * ``alpha`` is folded into conv4's weight and bias (``alpha·(W m + b) = (alpha W) m + alpha b``);
 * the first 1x1 convolutions of temporal branches 1-3 are one convolution, and BNs that act on
   concatenated branches are one BN (BN is per channel, so this is the same function);
@@ -59,7 +61,7 @@ def _shortcut(path: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class CTRAggregate(torch.autograd.Function):
-    """The K CTRGC subsets of a unit, conv3 / conv4 included, as one memory-light function:
+    """The K CTRGC subsets of a unit, conv3 / conv4 included, as one function:
 
     ``out[b,c,t,u] = sum_k sum_v R_k[b,c,u,v] · x3_k[b,c,t,v]`` with ``x3_k = W3_k x + b3_k`` (1x1 conv)
     and ``R_k = W4_k m_k + b4_k + A_k`` (1x1 conv on the tanh map ``m_k[b,r,u,v] = tanh(q1_k[r,b,u] −
@@ -67,17 +69,19 @@ class CTRAggregate(torch.autograd.Function):
 
     Inputs: x (B, Ci, T, V) channels-last; q (K, 2, rel, B, V): q1_k = q[k, 0], q2_k = q[k, 1];
     w3 (K, C, Ci); b3 (K, C); w4 (K, C, rel); b4 (K, C); A (K, V, V); shift (C,) or None, added to the
-    output (a folded BN's shift, at no cost). Output (B, C, T, V), stored channel-major (C, B, T, V):
+    output (a folded BN's shift, at no cost); save_x3: keep the x3_k for backward (else they are
+    recomputed there). Output (B, C, T, V), stored channel-major (C, B, T, V):
     :func:`~skelact.models.bnact.bn_act` reads it as it is.
 
     Inside, tensors are channel-major: ``x3_k`` is one GEMM ``W3_k @ x^T`` -> (C, B·T·V) and ``R_k``
     one GEMM ``[W4_k | b4_k | 1] @ [m_k; 1; A_k]`` -> (C, B·V·V), so the aggregation is a batched
     (T, V) @ (V, U) product over the C·B pairs and every weight gradient is a single GEMM. b3 never costs
     a pass over a big tensor: its contribution ``b3_k[c] · sum_v R_k[c,b,u,v]`` is constant over t and
-    initialises ``out`` (and is corrected for on small tensors in backward). Only x and q are saved;
-    the tanh maps are written once into the GEMM operand ``[m; 1; A]`` (forward, and again backward),
-    x3_k and R_k are recomputed in backward one subset at a time, in reused buffers. Under autocast the
-    function runs in the autocast dtype.
+    initialises ``out`` (and is corrected for on small tensors in backward). Saved are x, q and, with
+    ``save_x3``, the x3_k (K, C, B·T·V); the tanh maps are written once into the GEMM operand
+    ``[m; 1; A]`` (forward, and again backward), R_k (and x3_k unless saved) are recomputed in backward
+    one subset at a time, in reused buffers, by the same GEMMs as in forward (so the gradients do not
+    depend on ``save_x3``). Under autocast the function runs in the autocast dtype.
     """
 
     @staticmethod
@@ -104,12 +108,12 @@ class CTRAggregate(torch.autograd.Function):
         return x.dtype
 
     @staticmethod
-    def forward(ctx, x, q, w3, b3, w4, b4, A, shift=None):
+    def forward(ctx, x, q, w3, b3, w4, b4, A, shift=None, save_x3=False):
         ctx.dtype = CTRAggregate._compute_dtype(x)  # under autocast: its dtype; the GEMMs use out=
         with torch.autocast(x.device.type, enabled=False):
-            out = CTRAggregate._forward(*(a.to(ctx.dtype) for a in (x, q, w3, b3, w4, b4, A)),
-                                        None if shift is None else shift.to(ctx.dtype))
-        ctx.save_for_backward(x, q, w3, b3, w4, b4, A)
+            out, x3 = CTRAggregate._forward(*(a.to(ctx.dtype) for a in (x, q, w3, b3, w4, b4, A)),
+                                            None if shift is None else shift.to(ctx.dtype), save_x3)
+        ctx.save_for_backward(x, q, w3, b3, w4, b4, A, x3)
         ctx.has_shift = shift is not None
         return out
 
@@ -117,12 +121,13 @@ class CTRAggregate(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         with torch.autocast(g.device.type, enabled=False):
-            grads = CTRAggregate._backward(g.to(ctx.dtype), *(a.to(ctx.dtype) for a in ctx.saved_tensors))
+            x, *rest, x3 = ctx.saved_tensors  # x3 is None unless saved
+            grads = CTRAggregate._backward(g.to(ctx.dtype), *(a.to(ctx.dtype) for a in (x, *rest)), x3)
         g_shift = g.sum((0, 2, 3)) if ctx.has_shift and ctx.needs_input_grad[7] else None
-        return *grads, g_shift
+        return *grads, g_shift, None
 
     @staticmethod
-    def _forward(x, q, w3, b3, w4, b4, A, shift=None):
+    def _forward(x, q, w3, b3, w4, b4, A, shift=None, save_x3=False):
         b, ci, t, v = x.shape
         k_sub, c = w3.shape[:2]
         x_rows = x.permute(0, 2, 3, 1).reshape(b * t * v, ci)  # a view for channels-last x
@@ -132,15 +137,18 @@ class CTRAggregate(torch.autograd.Function):
         if shift is not None:
             bias = bias + shift[:, None]
         out = bias.view(c * b, 1, v).expand(c * b, t, v).contiguous()  # (C·B, T, U)
-        x3, r = x.new_empty(c, b * t * v), x.new_empty(c, b * v * v)
+        x3_all = x.new_empty(k_sub if save_x3 else 1, c, b * t * v)  # all K kept, or one reused buffer
+        r = x.new_empty(c, b * v * v)
         for k in range(k_sub):
+            x3 = x3_all[k if save_x3 else 0]
             torch.mm(w3[k], x_rows.t(), out=x3)  # x3_k without bias: (C, B·T·V)
             torch.mm(w4_aug[k], m_aug[k], out=r)  # R_k^T: (C, B·V·U)
             out.baddbmm_(x3.view(c * b, t, v), r.view(c * b, v, v))  # (T, V) @ (V, U) per (c, b)
-        return out.view(c, b, t, v).permute(1, 0, 2, 3)  # channel-major (B, C, T, U): bn_act reads it as is
+        # channel-major (B, C, T, U): bn_act reads it as is
+        return out.view(c, b, t, v).permute(1, 0, 2, 3), (x3_all if save_x3 else None)
 
     @staticmethod
-    def _backward(g, x, q, w3, b3, w4, b4, A):
+    def _backward(g, x, q, w3, b3, w4, b4, A, x3_all=None):
         b, ci, t, v = x.shape
         k_sub, c = w3.shape[:2]
         rel = q.shape[2]
@@ -152,9 +160,13 @@ class CTRAggregate(torch.autograd.Function):
         m_sum = m_aug.view(k_sub, -1, b * v, v).sum(3)
         gx = x.new_empty(b * t * v, ci)  # channels-last rows
         gw3, gm_aug, gw4_aug = torch.empty_like(w3), torch.empty_like(m_aug), torch.empty_like(w4_aug)
-        x3, gx3, r, gr = (x.new_empty(c, n) for n in (b * t * v, b * t * v, b * v * v, b * v * v))
+        gx3, r, gr = (x.new_empty(c, n) for n in (b * t * v, b * v * v, b * v * v))
+        x3 = x.new_empty(c, b * t * v) if x3_all is None else None
         for k in range(k_sub):  # the big products, one subset at a time in reused buffers
-            torch.mm(w3[k], x_rows.t(), out=x3)
+            if x3_all is None:  # recomputed exactly as forward computed it
+                torch.mm(w3[k], x_rows.t(), out=x3)
+            else:
+                x3 = x3_all[k]
             torch.mm(w4_aug[k], m_aug[k], out=r)
             torch.bmm(g.transpose(1, 2), x3.view(c * b, t, v), out=gr.view(c * b, v, v))  # dR_k, less b3 term
             torch.bmm(g, r.view(c * b, v, v), out=gx3.view(c * b, t, v))  # dx3_k
@@ -187,9 +199,11 @@ class CTRGraphConv(nn.Module):
     conv3; ``w4`` (K, C_out, rel), ``b4``: conv4; ``PA`` (K, V, V) the learnable adjacency; ``alpha`` (1,).
     """
 
-    def __init__(self, c_in: int, c_out: int, A: torch.Tensor, raw_input: bool = False):
+    def __init__(self, c_in: int, c_out: int, A: torch.Tensor, raw_input: bool = False,
+                 memory_efficient: bool = False):
         super().__init__()
         k_sub = A.shape[0]
+        self.memory_efficient = memory_efficient  # recompute conv3's outputs in backward instead of saving
         self.rel = rel = 8 if raw_input else c_in // 8
         self.w12 = nn.Parameter(torch.empty(k_sub * 2 * rel, c_in))
         self.b12 = nn.Parameter(torch.zeros(k_sub * 2 * rel))
@@ -229,7 +243,7 @@ class CTRGraphConv(nn.Module):
         q = F.linear(x.permute(0, 2, 3, 1).sum(1), self.w12 / t, self.b12)  # (B, V, K·2·rel)
         q = q.view(b, v, k_sub, 2, rel).permute(2, 3, 4, 0, 1)  # (K, 2, rel, B, V)
         y = CTRAggregate.apply(x, q, self.w3, self.b3, self.w4 * self.alpha, self.b4 * self.alpha, self.PA,
-                               self.shift)
+                               self.shift, torch.is_grad_enabled() and not self.memory_efficient)
         return bn_act(self.bn, y, _shortcut(self.down, x))  # relu(bn(y) + down(x))
 
 
@@ -288,9 +302,9 @@ class MultiScaleTCN(nn.Module):
 class CTRUnit(nn.Module):
     """y = ReLU(TCN(GCN(x)) + residual(x)): (B, C_in, T, V) -> (B, C_out, T/s, V)."""
 
-    def __init__(self, c_in, c_out, A, stride=1, residual=True, raw_input=False):
+    def __init__(self, c_in, c_out, A, stride=1, residual=True, raw_input=False, memory_efficient=False):
         super().__init__()
-        self.gcn = CTRGraphConv(c_in, c_out, A, raw_input)
+        self.gcn = CTRGraphConv(c_in, c_out, A, raw_input, memory_efficient)
         self.tcn = MultiScaleTCN(c_out, c_out, stride)
         if not residual:
             self.residual = None
@@ -311,19 +325,22 @@ class CTRGCN(nn.Module):
 
     Taps (METHODS.md §1.1): ``low`` after unit 1 (64, T), ``mid`` after unit 5 (128, T/2), ``high`` after
     unit 8 (256, T/4), ``final`` after unit 10 (256, T/4). They are channels-last tensors; use
-    ``reshape`` (not ``view``) to flatten them.
+    ``reshape`` (not ``view``) to flatten them. ``memory_efficient``: the graph convolutions recompute
+    conv3's outputs in backward instead of keeping them (as torchvision's DenseNet option of that name:
+    the same results, less training memory, slower steps).
     """
 
     tap_names = tuple(TAPS)
     feature_dim = 256
 
-    def __init__(self, A, num_persons: int = 2, in_channels: int = 3):
+    def __init__(self, A, num_persons: int = 2, in_channels: int = 3, memory_efficient: bool = False):
         super().__init__()
         A = torch.as_tensor(A, dtype=torch.float32)
         self.num_joints, self.num_persons, self.in_channels = A.shape[-1], num_persons, in_channels
         self.data_bn = nn.BatchNorm1d(num_persons * self.num_joints * in_channels)
         self.units = nn.ModuleList(
-            CTRUnit(in_channels if ci is None else ci, co, A, stride=s, residual=i > 0, raw_input=i == 0)
+            CTRUnit(in_channels if ci is None else ci, co, A, stride=s, residual=i > 0, raw_input=i == 0,
+                    memory_efficient=memory_efficient)
             for i, (ci, co, s) in enumerate(UNITS))
 
     def tap_shapes(self, T: int, V: int | None = None) -> dict[str, tuple[int, int, int]]:

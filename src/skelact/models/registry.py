@@ -130,10 +130,12 @@ def create_model(name: str, layout: str | Layout = "ntu25", num_classes: int = 6
 
 
 @register_model
-def ctrgcn(layout, num_classes, in_channels, num_persons, dropout: float = 0.0) -> Recognizer:
-    """CTR-GCN (METHODS.md §4): 1.45 M parameters at 60 classes on ntu25."""
+def ctrgcn(layout, num_classes, in_channels, num_persons, dropout: float = 0.0,
+           memory_efficient: bool = False) -> Recognizer:
+    """CTR-GCN (METHODS.md §4): 1.45 M parameters at 60 classes on ntu25. ``memory_efficient``: recompute
+    conv3's outputs in backward instead of keeping them (less training memory, slower steps)."""
     A = torch.from_numpy(adjacency(layout, "ctrgcn"))
-    return Recognizer(CTRGCN(A, num_persons, in_channels), num_classes, dropout, layout=layout)
+    return Recognizer(CTRGCN(A, num_persons, in_channels, memory_efficient), num_classes, dropout, layout=layout)
 
 
 @register_model
