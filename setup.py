@@ -2,8 +2,9 @@
 
 ``optional=True``: where one cannot be compiled (no C compiler, no OpenMP), installation goes on without it
 and the pure-Python path is used: ``skelact.data.ntu``'s parser (same results, slower), PyTorch's
-BatchNorm, add and ReLU in ``skelact.models.bnact`` (the same function to float rounding, slower) and
-PyTorch's max-pooling in ``skelact.models.tpool`` (the same results)."""
+BatchNorm, add and ReLU in ``skelact.models.bnact`` (the same function to float rounding, slower),
+PyTorch's max-pooling in ``skelact.models.tpool`` (the same results) and batched matrix products in
+``skelact.models.ctrgcn``'s aggregation (the same function to float rounding, slower)."""
 
 from setuptools import Extension, setup
 

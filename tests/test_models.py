@@ -286,7 +286,7 @@ def test_ctrgcn_memory_efficient_same_results_less_saved_memory():
     # the x3 of each unit: K = 3 tensors of (C_out, T_unit, V) floats per sample, T halved by units 5 and 8's TCN
     t_gcn = [12] * 5 + [6] * 3 + [3] * 2
     x3_bytes = sum(3 * co * t * 20 * 4 * 3 for (_, co, _), t in zip(UNITS, t_gcn))
-    assert saved_f - saved_m == x3_bytes
+    assert 0 <= (saved_f - saved_m) - x3_bytes <= len(UNITS) * 32 * 4  # + the pair kernel's row padding
     with torch.no_grad():  # inference keeps nothing either way
         assert torch.equal(_model("ctrgcn", "ucla20", 1, 10, memory_efficient=False).eval()(x),
                            _model("ctrgcn", "ucla20", 1, 10, memory_efficient=True).eval()(x))

@@ -1,6 +1,7 @@
 /* Optional C kernels for skelact.models.bnact: training-mode BatchNorm fused with the residual add and the
  * ReLU that follow it in a CTR-GCN unit, forward and backward, on float32 tensors; and, at the end of the
- * file, skelact.models.tpool's temporal max-pooling.
+ * file, skelact.models.tpool's temporal max-pooling and the small per-(channel, sample) matrix products of
+ * skelact.models.ctrgcn's aggregation.
  *
  * A channels-last (B, C, T, V) tensor is N = B·T·V rows of C contiguous channels. The kernels see every
  * (N, C) operand as such rows, stored in one of three ways (a "matrix" argument, see parse_mat): one
@@ -45,12 +46,13 @@ _Static_assert(MAXC <= TILE, "a row must fit in a tile");
 #define VECTOR_CLONES
 #endif
 
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
-#define HAVE_SHUFFLEVECTOR 1
-typedef float v16 __attribute__((vector_size(64)));
+typedef float v16 __attribute__((vector_size(64)));  /* GCC / clang vector extension: 16 floats */
 
 static inline v16 load16(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 static inline void store16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define HAVE_SHUFFLEVECTOR 1
 
 /* Transposes the 16x16 block whose rows are r[0..15]: each level h swaps the off-diagonal h x h blocks
    of every 2h x 2h block (rows a and a + h exchange their halves), so after h = 8, 4, 2, 1 row i holds
@@ -504,10 +506,135 @@ static PyObject *pool(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- skelact.models.ctrgcn: the per-(channel, sample) products of the CTR-GCN aggregation ----
+ *
+ * A job computes, for every pair p < n (a (channel, sample) pair of a graph convolution) and subset k < K,
+ *
+ *   O_kp (rows x W) = A_kp (rows x S) · B_kp (S x W),  A_kp[i][s] = a[k·a_ks + p·a_ps + i·a_rs + s·a_ss],
+ *                                                      B_kp row s = b + k·b_ks + p·b_ps + s·b_ld (W values),
+ *
+ * stored as rows of W values at o + k·o_ks + p·o_ps, or with sum_k their sum over k, plus the row
+ * bias + p·W (if given) added to every row, at o + p·o_ps. A pair's operands are a few KiB and stay in L1
+ * while its products run (batched GEMM calls, one per subset, read and write the whole output each time).
+ * Rows are 16-lane vectors, W <= AGG_MAXW: loads of B rows, the bias and (with sum_k) the output run up to
+ * 31 values past a row's end, so the caller pads those buffers; stores stop at W. Each pair is computed by
+ * one thread in a fixed order, so results do not depend on the thread count. Multiply-adds may be fused
+ * (FMA) here, as in the BLAS the PyTorch path calls. */
+#define AGG_MAXW 32
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+#define DEFINE_AGG_TILE(RB, NV)                                                                         \
+static inline __attribute__((always_inline)) void agg_tile_##RB##_##NV(                              \
+    const float *a, int64_t a_rs, int64_t a_ss, const float *b, int64_t b_ld, int64_t S, int64_t W,     \
+    float *o, const float *init, int first)                                                             \
+{                                                                                                       \
+    v16 acc[RB][NV];                                                                                    \
+    for (int i = 0; i < RB; ++i)                                                                        \
+        for (int j = 0; j < NV; ++j)                                                                    \
+            acc[i][j] = !first ? load16(o + i * W + 16 * j) : init ? load16(init + 16 * j) : (v16){0};  \
+    for (int64_t s = 0; s < S; ++s) {                                                                   \
+        v16 bv[NV];                                                                                     \
+        for (int j = 0; j < NV; ++j)                                                                    \
+            bv[j] = load16(b + s * b_ld + 16 * j);                                                      \
+        for (int i = 0; i < RB; ++i) {                                                                  \
+            float ai = a[i * a_rs + s * a_ss];                                                          \
+            for (int j = 0; j < NV; ++j)                                                                \
+                acc[i][j] += ai * bv[j];                                                                \
+        }                                                                                               \
+    }                                                                                                   \
+    for (int i = 0; i < RB; ++i)                                                                        \
+        for (int j = 0; j < NV; ++j) {                                                                  \
+            int64_t n = W - 16 * j < 16 ? W - 16 * j : 16;                                              \
+            if (n == 16)                                                                                \
+                store16(o + i * W + 16 * j, acc[i][j]);                                                 \
+            else                                                                                        \
+                memcpy(o + i * W + 16 * j, &acc[i][j], (size_t)n * sizeof(float));                      \
+        }                                                                                               \
+}
+DEFINE_AGG_TILE(6, 1)
+DEFINE_AGG_TILE(1, 1)
+DEFINE_AGG_TILE(6, 2)
+DEFINE_AGG_TILE(1, 2)
+
+typedef struct {
+    const float *a, *b, *bias;
+    float *o;
+    long long k_sub, rows, S, W, a_rs, a_ss, a_ps, a_ks, b_ld, b_ps, b_ks, o_ps, o_ks;
+    int sum_k;
+} agg_t;
+
+VECTOR_CLONES
+static void agg_pair(const agg_t *g, int64_t p)
+{
+    for (int64_t k = 0; k < g->k_sub; ++k) {
+        const float *a = g->a + k * g->a_ks + p * g->a_ps, *b = g->b + k * g->b_ks + p * g->b_ps;
+        float *o = g->o + p * g->o_ps + (g->sum_k ? 0 : k * g->o_ks);
+        int first = !g->sum_k || k == 0;
+        const float *init = first && g->bias ? g->bias + p * g->W : NULL;
+        int64_t i = 0;
+        if (g->W > 16) {
+            for (; i + 6 <= g->rows; i += 6)
+                agg_tile_6_2(a + i * g->a_rs, g->a_rs, g->a_ss, b, g->b_ld, g->S, g->W, o + i * g->W, init, first);
+            for (; i < g->rows; ++i)
+                agg_tile_1_2(a + i * g->a_rs, g->a_rs, g->a_ss, b, g->b_ld, g->S, g->W, o + i * g->W, init, first);
+        } else {
+            for (; i + 6 <= g->rows; i += 6)
+                agg_tile_6_1(a + i * g->a_rs, g->a_rs, g->a_ss, b, g->b_ld, g->S, g->W, o + i * g->W, init, first);
+            for (; i < g->rows; ++i)
+                agg_tile_1_1(a + i * g->a_rs, g->a_rs, g->a_ss, b, g->b_ld, g->S, g->W, o + i * g->W, init, first);
+        }
+    }
+}
+#pragma GCC pop_options
+
+#define AGG_MAXJOBS 4
+
+/* pairs(jobs, n, threads): for each pair p < n, every job in order (operands that jobs share, such as the
+   gradient both backward products read, come from cache the second time). A job is the tuple
+   (o, a, b, bias, K, rows, S, W, a_rs, a_ss, a_ps, a_ks, b_ld, b_ps, b_ks, o_ps, o_ks, sum_k); bias = 0: none. */
+static PyObject *pairs(PyObject *self, PyObject *args)
+{
+    PyObject *jobs;
+    long long n;
+    int threads;
+    agg_t g[AGG_MAXJOBS];
+    if (!PyArg_ParseTuple(args, "O!Li", &PyTuple_Type, &jobs, &n, &threads))
+        return NULL;
+    Py_ssize_t nj = PyTuple_GET_SIZE(jobs);
+    if (nj < 1 || nj > AGG_MAXJOBS || n < 0)
+        return PyErr_Format(PyExc_ValueError, "_fused.pairs: 1 to %d jobs", AGG_MAXJOBS);
+    for (Py_ssize_t j = 0; j < nj; ++j) {
+        unsigned long long po, pa, pb, pbias;
+        agg_t *q = &g[j];
+        PyObject *job = PyTuple_GET_ITEM(jobs, j);
+        if (!PyTuple_Check(job)
+            || !PyArg_ParseTuple(job, "KKKKLLLLLLLLLLLLLi", &po, &pa, &pb, &pbias, &q->k_sub, &q->rows, &q->S,
+                                 &q->W, &q->a_rs, &q->a_ss, &q->a_ps, &q->a_ks, &q->b_ld, &q->b_ps, &q->b_ks,
+                                 &q->o_ps, &q->o_ks, &q->sum_k))
+            return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "_fused.pairs: a job is a tuple");
+        if (q->k_sub < 1 || q->rows < 1 || q->S < 1 || q->W < 1 || q->W > AGG_MAXW || !po || !pa || !pb)
+            return PyErr_Format(PyExc_ValueError, "_fused.pairs: bad sizes");
+        q->o = PTR(po);
+        q->a = PTR(pa);
+        q->b = PTR(pb);
+        q->bias = pbias ? PTR(pbias) : NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t p = 0; p < n; ++p)
+        for (Py_ssize_t j = 0; j < nj; ++j)
+            agg_pair(&g[j], p);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+
     {"forward", forward, METH_VARARGS, "Fused BatchNorm (training) + residual + ReLU on channels-last rows."},
     {"backward", backward, METH_VARARGS, "Its backward."},
     {"pool", pool, METH_VARARGS, "Temporal max-pooling of channels-last rows, or its backward."},
+    {"pairs", pairs, METH_VARARGS, "Small per-pair matrix products of the CTR-GCN aggregation."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -517,7 +644,8 @@ PyMODINIT_FUNC PyInit__fused(void)
 {
     PyObject *m = PyModule_Create(&module);
     if (m && (PyModule_AddIntConstant(m, "MAXC", MAXC) < 0  /* the limits, for the caller's checks */
-              || PyModule_AddIntConstant(m, "MAXSEG", MAXSEG) < 0)) {
+              || PyModule_AddIntConstant(m, "MAXSEG", MAXSEG) < 0
+              || PyModule_AddIntConstant(m, "AGG_MAXW", AGG_MAXW) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

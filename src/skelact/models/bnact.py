@@ -30,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the build
     _fused = None
 if _fused is not None and (os.environ.get("SKELACT_NO_C_KERNELS", "") not in ("", "0")
-                           or not hasattr(_fused, "pool")):  # switched off, or a stale build of an older API
+                           or not hasattr(_fused, "pairs")):  # switched off, or a stale build of an older API
     _fused = None
 
 CL = torch.channels_last

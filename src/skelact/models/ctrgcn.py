@@ -10,7 +10,8 @@ outputs and gradients), computed differently:
   mean (a 1x1 conv commutes with the mean over T): on (N·M, C, V) instead of (N·M, C, T, V);
 * conv3, conv4 and the channel-wise aggregation ``out[n,c,t,u] = sum_k sum_v R_k[n,c,u,v] x3_k[n,c,t,v]``
   of all subsets are one autograd function, :class:`CTRAggregate`: single GEMMs in channel-major layout,
-  biases folded into GEMMs; kept for backward are the unit input, conv1/conv2's small (K, 2, rel, N·M, V)
+  biases folded into GEMMs, the small per-(channel, sample) products in a C kernel (all subsets summed in
+  one pass, and backward's two products in one read of the gradient); kept for backward are the unit input, conv1/conv2's small (K, 2, rel, N·M, V)
   means and the three ``x3_k`` (the tanh maps and ``R_k`` are recomputed there, one subset at a time; the
   reference keeps three (C, T, V) ``x3`` and six (C, V, V) maps per unit). With
   ``memory_efficient=True`` the ``x3_k`` are recomputed as well (saved activations 0.43x instead of
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from . import bnact
 from .bnact import bn_act
 from .fold import ChannelAffine, bn_affine, fold_linear, fold_linear_bn
 from .taps import TAPS, run_units
@@ -60,6 +62,18 @@ def _shortcut(path: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return path(x)
 
 
+def _padded(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """An uninitialised contiguous tensor of ``shape`` whose storage runs 32 values past its end (the pair
+    kernel loads rows as 16-lane vectors and may read past a row)."""
+    n = math.prod(shape)
+    return like.new_empty(n + 32)[:n].view(shape)
+
+
+def _pair_kernel(x: torch.Tensor, v: int) -> bool:
+    """Whether CTRAggregate's per-(c, b) products run in the C kernel (float32 CPU, at most 32 joints)."""
+    return bnact.kernel_may_run(x) and v <= bnact._fused.AGG_MAXW
+
+
 class CTRAggregate(torch.autograd.Function):
     """The K CTRGC subsets of a unit, conv3 / conv4 included, as one function:
 
@@ -74,10 +88,12 @@ class CTRAggregate(torch.autograd.Function):
     :func:`~skelact.models.bnact.bn_act` reads it as it is.
 
     Inside, tensors are channel-major: ``x3_k`` is one GEMM ``W3_k @ x^T`` -> (C, B·T·V) and ``R_k``
-    one GEMM ``[W4_k | b4_k | 1] @ [m_k; 1; A_k]`` -> (C, B·V·V), so the aggregation is a batched
-    (T, V) @ (V, U) product over the C·B pairs and every weight gradient is a single GEMM. b3 never costs
-    a pass over a big tensor: its contribution ``b3_k[c] · sum_v R_k[c,b,u,v]`` is constant over t and
-    initialises ``out`` (and is corrected for on small tensors in backward). Saved are x, q and, with
+    one GEMM ``[W4_k | b4_k | 1] @ [m_k; 1; A_k]`` -> (C, B·V·V), so the aggregation is a
+    (T, V) @ (V, U) product for each of the C·B pairs and every weight gradient is a single GEMM. The pair
+    products run in ``_fused.pairs`` (float32 CPU, V <= 32: forward sums the K subsets per pair in one
+    pass, backward computes ``g @ R_k`` and ``g^T @ x3_k`` per pair from one read of g), else as batched
+    matmuls. b3 never costs a pass over a big tensor: its contribution ``b3_k[c] · sum_v R_k[c,b,u,v]``
+    is constant over t and initialises ``out`` (and is corrected for on small tensors in backward). Saved are x, q and, with
     ``save_x3``, the x3_k (K, C, B·T·V); the tanh maps are written once into the GEMM operand
     ``[m; 1; A]`` (forward, and again backward), R_k (and x3_k unless saved) are recomputed in backward
     one subset at a time, in reused buffers, by the same GEMMs as in forward (so the gradients do not
@@ -136,14 +152,25 @@ class CTRAggregate(torch.autograd.Function):
         bias = (b3[:, :, None] * torch.bmm(w4_aug, m_sum)).sum(0)  # sum_k b3_k · sum_v R_k: (C, B·U)
         if shift is not None:
             bias = bias + shift[:, None]
-        out = bias.view(c * b, 1, v).expand(c * b, t, v).contiguous()  # (C·B, T, U)
-        x3_all = x.new_empty(k_sub if save_x3 else 1, c, b * t * v)  # all K kept, or one reused buffer
-        r = x.new_empty(c, b * v * v)
+        kernel = _pair_kernel(x, v)
+        # x3_k less b3 (C, B·T·V) and R_k^T (C, B·V·U) of all subsets: the kernel sums over them in one pass
+        # per (c, b) pair; PyTorch's path accumulates subset by subset in reused buffers unless x3 is saved
+        x3_all = _padded(x, k_sub if save_x3 or kernel else 1, c, b * t * v)
+        rt = _padded(x, k_sub if kernel else 1, c, b * v * v)
+        out = (_padded(x, c * b, t, v) if kernel
+               else bias.view(c * b, 1, v).expand(c * b, t, v).contiguous())  # (C·B, T, U)
         for k in range(k_sub):
-            x3 = x3_all[k if save_x3 else 0]
-            torch.mm(w3[k], x_rows.t(), out=x3)  # x3_k without bias: (C, B·T·V)
-            torch.mm(w4_aug[k], m_aug[k], out=r)  # R_k^T: (C, B·V·U)
-            out.baddbmm_(x3.view(c * b, t, v), r.view(c * b, v, v))  # (T, V) @ (V, U) per (c, b)
+            x3, r = x3_all[k if len(x3_all) > 1 else 0], rt[k if kernel else 0]
+            torch.mm(w3[k], x_rows.t(), out=x3)
+            torch.mm(w4_aug[k], m_aug[k], out=r)
+            if not kernel:
+                out.baddbmm_(x3.view(c * b, t, v), r.view(c * b, v, v))  # (T, V) @ (V, U) per (c, b)
+        if kernel:  # out[c,b] = bias[c,b] (every row) + sum_k x3_k[c,b] @ R_k^T[c,b]
+            p = c * b
+            bias = _padded(x, p, v).copy_(bias.view(p, v))
+            bnact._fused.pairs(((out.data_ptr(), x3_all.data_ptr(), rt.data_ptr(), bias.data_ptr(), k_sub, t, v,
+                                 v, v, 1, t * v, p * t * v, v, v * v, p * v * v, t * v, 0, 1),),
+                               p, torch.get_num_threads())
         # channel-major (B, C, T, U): bn_act reads it as is
         return out.view(c, b, t, v).permute(1, 0, 2, 3), (x3_all if save_x3 else None)
 
@@ -160,16 +187,24 @@ class CTRAggregate(torch.autograd.Function):
         m_sum = m_aug.view(k_sub, -1, b * v, v).sum(3)
         gx = x.new_empty(b * t * v, ci)  # channels-last rows
         gw3, gm_aug, gw4_aug = torch.empty_like(w3), torch.empty_like(m_aug), torch.empty_like(w4_aug)
-        gx3, r, gr = (x.new_empty(c, n) for n in (b * t * v, b * v * v, b * v * v))
-        x3 = x.new_empty(c, b * t * v) if x3_all is None else None
+        kernel, p = _pair_kernel(x, v), c * b
+        gx3, gr = x.new_empty(c, b * t * v), x.new_empty(c, b * v * v)
+        r = _padded(x, c, b * v * v)
+        x3 = _padded(x, c, b * t * v) if x3_all is None else None
         for k in range(k_sub):  # the big products, one subset at a time in reused buffers
             if x3_all is None:  # recomputed exactly as forward computed it
                 torch.mm(w3[k], x_rows.t(), out=x3)
             else:
                 x3 = x3_all[k]
             torch.mm(w4_aug[k], m_aug[k], out=r)
-            torch.bmm(g.transpose(1, 2), x3.view(c * b, t, v), out=gr.view(c * b, v, v))  # dR_k, less b3 term
-            torch.bmm(g, r.view(c * b, v, v), out=gx3.view(c * b, t, v))  # dx3_k
+            if kernel:  # per (c, b) pair, reading g once: dx3_k = g @ R_k, dR_k = g^T @ x3_k (less b3's term)
+                bnact._fused.pairs(((gx3.data_ptr(), g.data_ptr(), r.data_ptr(), 0, 1, t, v, v,
+                                     v, 1, t * v, 0, v, v * v, 0, t * v, 0, 0),
+                                    (gr.data_ptr(), g.data_ptr(), x3.data_ptr(), 0, 1, v, t, v,
+                                     1, v, t * v, 0, v, t * v, 0, v * v, 0, 0)), p, torch.get_num_threads())
+            else:
+                torch.bmm(g.transpose(1, 2), x3.view(p, t, v), out=gr.view(p, v, v))  # dR_k, less b3 term
+                torch.bmm(g, r.view(p, v, v), out=gx3.view(p, t, v))  # dx3_k
             if k == 0:
                 torch.mm(gx3.t(), w3[k], out=gx)
             else:
