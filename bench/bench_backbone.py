@@ -207,7 +207,7 @@ def _minor_faults() -> int:
 
 def _without_kernel(step):
     """The step with the optional C kernels switched off (``bnact._fused = None``): PyTorch's BN, add, ReLU,
-    cat / split / layout copies around them, and max-pool."""
+    cat / split / layout copies around them, max-pool, and batched matmuls for the aggregation's products."""
     def run():
         kernel, bnact._fused = bnact._fused, None
         try:
@@ -242,8 +242,9 @@ def bench_shape(shape: str, args) -> dict:
         fwd, step = flops(model, xf, yf)
         res[name] = {"gflop_fwd_per_sample": fwd / 1e9, "gflop_step_per_sample": step / 1e9,
                      "saved_mib_per_sample": saved_bytes(model, x) / 2 ** 20}
-    # training throughput, interleaved; where the optional C kernels (skelact.models.bnact, .tpool) are built,
-    # a third arm runs a copy of the fast model on PyTorch's layers instead (what they buy, side by side)
+    # training throughput, interleaved: reference, fast, fast with memory_efficient=True and, where the optional
+    # C kernels (_fused: bnact, tpool, the aggregation's pair products) are built, a copy of the fast model on
+    # PyTorch's layers instead (what they buy, side by side)
     res["fast_memory_efficient"] = {"saved_mib_per_sample": saved_bytes(fast_me, x) / 2 ** 20}
     steps = {k: train_step_fn(m, x, y) for k, m in {**models, "fast_memory_efficient": fast_me}.items()}
     if bnact._fused is not None and DEVICE.type == "cpu" and AMP is None:
@@ -336,7 +337,7 @@ def report(results: list[dict], peak: float) -> str:
                      f"{me_peak}")
         if "fast_without_kernel_step_median_s" in res:
             t_k, t_p = res["fast"]["step_median_s"], res["fast_without_kernel_step_median_s"]
-            lines.append(f"  - C kernels (bnact, tpool): fast step {t_k:.3f} s, {t_p:.3f} s with PyTorch's "
+            lines.append(f"  - C kernels (bnact, tpool, pairs): fast step {t_k:.3f} s, {t_p:.3f} s with PyTorch's "
                          f"layers ({t_k / t_p:.3f}x); fast/reference without them "
                          f"{res['reference']['step_median_s'] / t_p:.2f}x")
     return "\n".join(lines)
