@@ -68,8 +68,8 @@ def _aggregate(x, args, g, save_x3):
 @pytest.mark.parametrize("save_x3", [False, True])
 def test_aggregate_kernel_path_equals_pytorch_path(v, t, save_x3, monkeypatch):
     """CTRAggregate's outputs and all its gradients (x, q, w3, b3, w4, b4, A) are the same function on the
-    C kernel as on batched matmuls (to float32 rounding: the sums run in another order), for NW-UCLA's and NTU's joint counts, small and largest ones; past
-    AGG_MAXW joints (33) it falls back to the matmuls."""
+    C kernel as on batched matmuls (to float32 rounding: the sums run in another order), for NW-UCLA's and
+    NTU's joint counts, small and largest ones; past AGG_MAXW joints (33) it falls back to the matmuls."""
     gen = torch.Generator().manual_seed(v * 10 + t)
     b, ci, c, rel, k = 3, 8, 32, 4, 3
     x = torch.randn(b, ci, t, v, generator=gen).contiguous(memory_format=CL)

@@ -630,7 +630,6 @@ static PyObject *pairs(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
-
     {"forward", forward, METH_VARARGS, "Fused BatchNorm (training) + residual + ReLU on channels-last rows."},
     {"backward", backward, METH_VARARGS, "Its backward."},
     {"pool", pool, METH_VARARGS, "Temporal max-pooling of channels-last rows, or its backward."},

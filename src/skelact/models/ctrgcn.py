@@ -11,11 +11,11 @@ outputs and gradients), computed differently:
 * conv3, conv4 and the channel-wise aggregation ``out[n,c,t,u] = sum_k sum_v R_k[n,c,u,v] x3_k[n,c,t,v]``
   of all subsets are one autograd function, :class:`CTRAggregate`: single GEMMs in channel-major layout,
   biases folded into GEMMs, the small per-(channel, sample) products in a C kernel (all subsets summed in
-  one pass, and backward's two products in one read of the gradient); kept for backward are the unit input, conv1/conv2's small (K, 2, rel, N·M, V)
-  means and the three ``x3_k`` (the tanh maps and ``R_k`` are recomputed there, one subset at a time; the
-  reference keeps three (C, T, V) ``x3`` and six (C, V, V) maps per unit). With
-  ``memory_efficient=True`` the ``x3_k`` are recomputed as well (saved activations 0.43x instead of
-  0.65x of the reference's, steps about 5 % slower; bench/README.md);
+  one pass, backward's two products from one read of the gradient); kept for backward are the unit input,
+  conv1/conv2's small (K, 2, rel, N·M, V) means and the three ``x3_k`` (the tanh maps and ``R_k`` are
+  recomputed there, one subset at a time; the reference keeps three (C, T, V) ``x3`` and six (C, V, V)
+  maps per unit). With ``memory_efficient=True`` the ``x3_k`` are recomputed as well (saved activations
+  0.43x instead of 0.65x of the reference's, steps 4-9 % slower; bench/README.md);
 * ``alpha`` is folded into conv4's weight and bias (``alpha·(W m + b) = (alpha W) m + alpha b``);
 * the first 1x1 convolutions of temporal branches 1-3 are one convolution, and BNs that act on
   concatenated branches are one BN (BN is per channel, so this is the same function);
@@ -93,11 +93,11 @@ class CTRAggregate(torch.autograd.Function):
     products run in ``_fused.pairs`` (float32 CPU, V <= 32: forward sums the K subsets per pair in one
     pass, backward computes ``g @ R_k`` and ``g^T @ x3_k`` per pair from one read of g), else as batched
     matmuls. b3 never costs a pass over a big tensor: its contribution ``b3_k[c] · sum_v R_k[c,b,u,v]``
-    is constant over t and initialises ``out`` (and is corrected for on small tensors in backward). Saved are x, q and, with
-    ``save_x3``, the x3_k (K, C, B·T·V); the tanh maps are written once into the GEMM operand
-    ``[m; 1; A]`` (forward, and again backward), R_k (and x3_k unless saved) are recomputed in backward
-    one subset at a time, in reused buffers, by the same GEMMs as in forward (so the gradients do not
-    depend on ``save_x3``). Under autocast the function runs in the autocast dtype.
+    is constant over t and starts every output row (and is corrected for on small tensors in backward).
+    Saved are x, q and, with ``save_x3``, the x3_k (K, C, B·T·V); the tanh maps are written once into the
+    GEMM operand ``[m; 1; A]`` (forward, and again backward), R_k (and x3_k unless saved) are recomputed
+    in backward one subset at a time, in reused buffers, by the same GEMMs as in forward (so the gradients
+    do not depend on ``save_x3``). Under autocast the function runs in the autocast dtype.
     """
 
     @staticmethod
