@@ -170,6 +170,29 @@ def test_update_matches_slow_loop(case, threshold):
     torch.testing.assert_close(buf, expected)
 
 
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("anchors", ["tp", "all"])
+def test_grouped_loss_and_update_equal_one_call_per_group(case, anchors):
+    """z (G, N, D) with prototypes (G, K, D): the loss (G,) and the in-place update are those of G
+    separate calls (the slow loop), gradients included."""
+    zs, protos = zip(*(make_case(case, seed)[:2] for seed in range(3)))
+    _, _, logits, labels = make_case(case)
+    z = torch.stack(zs).requires_grad_(True)
+    losses = fr_head_loss(z, torch.stack(protos), logits, labels, anchors=anchors)
+    assert losses.shape == (3,)
+    slow_z = [zi.double().clone().requires_grad_(True) for zi in zs]
+    slow = torch.stack([slow_loss(zi, pi.double(), logits, labels, anchors=anchors) for zi, pi in zip(slow_z, protos)])
+    torch.testing.assert_close(losses.double(), slow, rtol=1e-5, atol=1e-5)
+    (losses * torch.tensor([0.1, 0.5, 1.0])).sum().backward()
+    (slow * torch.tensor([0.1, 0.5, 1.0], dtype=torch.float64)).sum().backward()
+    for got, zi in zip(z.grad, slow_z):
+        torch.testing.assert_close(got.double(), zi.grad, rtol=1e-4, atol=1e-5)
+    banks = torch.stack(protos)
+    update_prototypes(banks, z, logits, labels, momentum=0.9)
+    for got, zi, pi in zip(banks, zs, protos):
+        torch.testing.assert_close(got, slow_update(pi, zi, logits, labels, momentum=0.9, threshold=0.0))
+
+
 def test_update_leaves_classes_without_tp():
     z, prototypes, logits, labels = make_case("all_wrong")
     buf = prototypes.clone()

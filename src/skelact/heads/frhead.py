@@ -74,7 +74,8 @@ def sample_sets(logits: torch.Tensor, labels: torch.Tensor, threshold: float = 0
 
 
 def _class_means(z: torch.Tensor, mask: torch.Tensor):
-    """Per-class mean of z over a (N, K) membership mask: (K, D) means (zero rows where empty), (K,) bool."""
+    """Per-class mean of z (..., N, D) over a (N, K) membership mask: (..., K, D) means (zero rows where
+    empty), (K,) bool."""
     counts = mask.sum(dim=0)
     means = (mask.t().to(z.dtype) @ z) / counts.clamp(min=1).unsqueeze(1).to(z.dtype)
     return means, counts > 0
@@ -93,11 +94,11 @@ def fr_head_loss(z: torch.Tensor, prototypes: torch.Tensor, logits: torch.Tensor
     μ_FN^k, μ_FP^k are batch means of z with gradient.
 
     Args:
-        z: (N, D) embeddings (gradient flows into them).
-        prototypes: (K, D) prototype bank (treated as a constant).
+        z: (N, D) embeddings (gradient flows into them), or (G, N, D): G groups of the same samples.
+        prototypes: (K, D) prototype bank (treated as a constant), or (G, K, D): one per group.
         logits: (N, K) main-classifier logits (detached here). labels: (N,) int in [0, K).
     Returns:
-        () scalar loss, float32.
+        () scalar loss, float32, or (G,) one per group (as G separate calls, in one set of operations).
     """
     _check_choice("anchors", anchors, ANCHORS)
     _check_range("tau", tau, 0.0, open_low=True)
@@ -107,16 +108,19 @@ def fr_head_loss(z: torch.Tensor, prototypes: torch.Tensor, logits: torch.Tensor
     mu_fn, has_fn = _class_means(z, fn)                                     # (K, D), (K,)
     mu_fp, has_fp = _class_means(z, fp)
     gate = tp.sum(dim=1) if anchors == "tp" else torch.ones_like(p[:, 0])  # (N,) 1 for a TP anchor
-    zn = F.normalize(z, dim=1)
-    cos_fn = (zn * F.normalize(mu_fn[labels], dim=1)).sum(dim=1)            # (N,) cos(z_i, μ_FN^{y_i})
-    cos_fp = (zn * F.normalize(mu_fp[labels], dim=1)).sum(dim=1)
+    zn = F.normalize(z, dim=-1)
+    cos_fn = (zn * F.normalize(mu_fn.index_select(-2, labels), dim=-1)).sum(dim=-1)  # (..., N) cos(z_i, μ_FN^{y_i})
+    cos_fp = (zn * F.normalize(mu_fp.index_select(-2, labels), dim=-1)).sum(dim=-1)
     phi = gate * has_fn[labels].to(z.dtype) * (1 - cos_fn)
     psi = gate * has_fp[labels].to(z.dtype) * (1 + cos_fp)
     w = 1 - (p * y).sum(dim=1) if confidence_weight else torch.ones_like(gate)
-    s = zn @ F.normalize(prototypes.detach().float(), dim=1).t() / tau     # (N, K) s_il / τ
-    ce_psi = F.cross_entropy(s - y * (w * psi).unsqueeze(1), labels, reduction="none")
-    ce_phi = F.cross_entropy(s - y * (w * phi).unsqueeze(1), labels, reduction="none")
-    return (ce_psi + ce_phi).mean()
+    s = zn @ F.normalize(prototypes.detach().float(), dim=-1).transpose(-1, -2) / tau  # (..., N, K) s_il / τ
+    k, targets = s.shape[-1], labels.expand(s.shape[:-1]).reshape(-1)
+
+    def ce(margin):  # CE of every row of s − y·margin, (..., N)
+        return F.cross_entropy((s - y * margin.unsqueeze(-1)).reshape(-1, k), targets,
+                               reduction="none").view(s.shape[:-1])
+    return (ce(w * psi) + ce(w * phi)).mean(dim=-1)
 
 
 @torch.no_grad()
@@ -130,14 +134,17 @@ def update_prototypes(prototypes: torch.Tensor, z: torch.Tensor, logits: torch.T
 
     Args:
         prototypes: (K, D) buffer, modified in place. z: (N, D). logits: (N, K). labels: (N,).
+        Or prototypes (G, K, D) and z (G, N, D): G banks, each updated from its own group of embeddings.
     Returns:
         ``prototypes``.
     """
     _, _, tp, _, _ = sample_sets(logits, labels, threshold)
     z = z.detach().to(prototypes.dtype)
     tp = tp.to(prototypes.dtype)
-    stats = all_reduce_sum(torch.cat([tp.t() @ z, tp.sum(dim=0).unsqueeze(1)], dim=1))  # (K, D + 1)
-    sums, counts = stats[:, :-1], stats[:, -1:]
+    sums = tp.t() @ z                                                        # (..., K, D)
+    counts = tp.sum(dim=0).unsqueeze(1).expand(*sums.shape[:-1], 1)          # (..., K, 1)
+    stats = all_reduce_sum(torch.cat([sums, counts], dim=-1))                # (..., K, D + 1)
+    sums, counts = stats[..., :-1], stats[..., -1:]
     updated = momentum * prototypes + (1 - momentum) * sums / counts.clamp(min=1)
     prototypes.copy_(torch.where(counts > 0, updated, prototypes))
     return prototypes
@@ -261,14 +268,24 @@ class FRHead(nn.Module):
         # under torch.distributed the sets TP/FN/FP, their means and the anchor average span every rank's
         # batch (as for one process with the whole batch); prototype updates all-reduce their own sums
         logits_all, labels_all = all_gather_rows(logits.detach(), labels)
-        total = logits.new_zeros((), dtype=torch.float32)
+        # the (tap, branch) embeddings of one size are stacked, so that their prototype updates and losses
+        # run as one set of operations (the same values as one call per embedding)
+        groups: dict[tuple, list] = {}
         for tap, branches in self.embed(feats, logits.shape[0]).items():
-            stage = self.stages[tap]
             for branch, z in branches.items():
-                protos = stage.prototypes(branch)
-                if self.training:
-                    update_prototypes(protos, z, logits, labels, momentum=self.momentum, threshold=self.threshold)
-                total = total + self.lambdas[tap] * fr_head_loss(
-                    gather_rows_with_grad(z), protos, logits_all, labels_all, tau=self.tau, anchors=self.anchors,
-                    confidence_weight=self.confidence_weight, threshold=self.threshold)
+                groups.setdefault(tuple(z.shape), []).append((tap, branch, z))
+        total = logits.new_zeros((), dtype=torch.float32)
+        for members in groups.values():
+            banks = [self.stages[tap].prototypes(branch) for tap, branch, _ in members]
+            protos = torch.stack(banks)                                      # (G, K, D)
+            if self.training:
+                update_prototypes(protos, torch.stack([z for *_, z in members]), logits, labels,
+                                  momentum=self.momentum, threshold=self.threshold)
+                for bank, updated in zip(banks, protos):
+                    bank.copy_(updated)
+            losses = fr_head_loss(torch.stack([gather_rows_with_grad(z) for *_, z in members]), protos, logits_all,
+                                  labels_all, tau=self.tau, anchors=self.anchors,
+                                  confidence_weight=self.confidence_weight, threshold=self.threshold)  # (G,)
+            lambdas = losses.new_tensor([self.lambdas[tap] for tap, *_ in members])
+            total = total + (lambdas * losses).sum()
         return self.w_cl * total
