@@ -24,7 +24,7 @@
  * on the thread count, nor (built with -ffp-contract=off) on the vector width. NaN propagates as through
  * PyTorch's layers. Threads: OpenMP, as many as the caller asks (torch.get_num_threads()); the GIL is
  * released while a kernel runs. Pointers come from torch.Tensor.data_ptr(); the callers (bnact.py,
- * tpool.py) check dtype, device, layout and sizes.
+ * tpool.py, ctrgcn.py) check dtype, device, layout and sizes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
